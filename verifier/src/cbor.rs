@@ -1,0 +1,187 @@
+//! A strict, zero-copy CBOR item reader for the attestation document's small grammar.
+//!
+//! `ciborium-ll` decodes each item's header; this module keeps the position itself so that byte and text
+//! strings are borrowed from the input (the signature must be checked over the bytes received, never a
+//! re-encoding). It accepts definite-length strings only, rejects floats, undefined and other simple
+//! values, and never allocates from a length it has not checked against the remaining input.
+
+use ciborium_ll::{Decoder, Header};
+
+/// One CBOR data item's head, with string contents borrowed from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Item<'a> {
+    Uint(u64),
+    /// A negative integer, encoded as in CBOR: the value is `-1 - n`.
+    Nint(u64),
+    Bytes(&'a [u8]),
+    Text(&'a str),
+    /// An array of `Some(n)` items, or indefinite-length (`None`, ended by [`Item::Break`]).
+    Array(Option<usize>),
+    /// A map of `Some(n)` pairs, or indefinite-length (`None`, ended by [`Item::Break`]).
+    Map(Option<usize>),
+    Tag(u64),
+    Bool(bool),
+    Null,
+    Break,
+}
+
+impl Item<'_> {
+    /// A short name for error messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Item::Uint(_) => "unsigned integer",
+            Item::Nint(_) => "negative integer",
+            Item::Bytes(_) => "byte string",
+            Item::Text(_) => "text string",
+            Item::Array(_) => "array",
+            Item::Map(_) => "map",
+            Item::Tag(_) => "tag",
+            Item::Bool(_) => "boolean",
+            Item::Null => "null",
+            Item::Break => "break",
+        }
+    }
+}
+
+/// A reader over a byte slice.
+#[derive(Debug)]
+pub(crate) struct Reader<'a> {
+    input: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(input: &'a [u8]) -> Reader<'a> {
+        Reader { input, pos: 0 }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.input.len() - self.pos
+    }
+
+    /// The next item. Errors are short descriptions for `malformed`.
+    pub(crate) fn next(&mut self) -> Result<Item<'a>, String> {
+        let rest = &self.input[self.pos..];
+        if rest.is_empty() {
+            return Err(format!("truncated: input ends at byte {}", self.pos));
+        }
+        let mut decoder = Decoder::from(rest);
+        let header = decoder.pull().map_err(|e| match e {
+            ciborium_ll::Error::Io(_) => {
+                format!("truncated: item header at byte {} is cut short", self.pos)
+            }
+            ciborium_ll::Error::Syntax(_) => {
+                format!("invalid CBOR item header at byte {}", self.pos)
+            }
+        })?;
+        let header_len = decoder.offset();
+        let start = self.pos + header_len;
+        let item = match header {
+            Header::Positive(n) => Item::Uint(n),
+            Header::Negative(n) => Item::Nint(n),
+            Header::Bytes(Some(len)) => Item::Bytes(self.take(start, len)?),
+            Header::Text(Some(len)) => {
+                let bytes = self.take(start, len)?;
+                Item::Text(
+                    std::str::from_utf8(bytes)
+                        .map_err(|_| format!("text string at byte {} is not UTF-8", self.pos))?,
+                )
+            }
+            Header::Bytes(None) | Header::Text(None) => {
+                return Err(format!(
+                    "indefinite-length string at byte {} is not allowed",
+                    self.pos
+                ))
+            }
+            Header::Array(len) => Item::Array(len),
+            Header::Map(len) => Item::Map(len),
+            Header::Tag(t) => Item::Tag(t),
+            Header::Break => Item::Break,
+            Header::Simple(20) => Item::Bool(false),
+            Header::Simple(21) => Item::Bool(true),
+            Header::Simple(22) => Item::Null,
+            Header::Simple(s) => {
+                return Err(format!("unsupported simple value {s} at byte {}", self.pos))
+            }
+            Header::Float(_) => {
+                return Err(format!(
+                    "unsupported floating-point item at byte {}",
+                    self.pos
+                ))
+            }
+        };
+        self.pos = match item {
+            Item::Bytes(b) => start + b.len(),
+            Item::Text(t) => start + t.len(),
+            _ => start,
+        };
+        Ok(item)
+    }
+
+    fn take(&self, start: usize, len: usize) -> Result<&'a [u8], String> {
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= self.input.len())
+            .ok_or_else(|| {
+                format!(
+                    "truncated: string at byte {} claims {len} bytes, {} remain",
+                    self.pos,
+                    self.input.len().saturating_sub(start)
+                )
+            })?;
+        Ok(&self.input[start..end])
+    }
+
+    /// Consumes a break if the next item is one.
+    pub(crate) fn peek_break(&mut self) -> Result<bool, String> {
+        match self.input.get(self.pos) {
+            Some(0xff) => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(format!("truncated: input ends at byte {}", self.pos)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_items_and_borrows_strings() {
+        // [h'0102', "hi", -35, null, true]
+        let input = [0x85, 0x42, 1, 2, 0x62, b'h', b'i', 0x38, 0x22, 0xf6, 0xf5];
+        let mut r = Reader::new(&input);
+        assert_eq!(r.next(), Ok(Item::Array(Some(5))));
+        assert_eq!(r.next(), Ok(Item::Bytes(&[1, 2])));
+        assert_eq!(r.next(), Ok(Item::Text("hi")));
+        assert_eq!(r.next(), Ok(Item::Nint(34)));
+        assert_eq!(r.next(), Ok(Item::Null));
+        assert_eq!(r.next(), Ok(Item::Bool(true)));
+        assert_eq!(r.remaining(), 0);
+        assert!(r.next().unwrap_err().starts_with("truncated"));
+    }
+
+    #[test]
+    fn rejects_lengths_beyond_input_floats_and_indefinite_strings() {
+        assert!(
+            Reader::new(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+                .next()
+                .unwrap_err()
+                .starts_with("truncated")
+        );
+        assert!(Reader::new(&[0xf9, 0, 0])
+            .next()
+            .unwrap_err()
+            .contains("floating"));
+        assert!(Reader::new(&[0x5f, 0x41, 0, 0xff])
+            .next()
+            .unwrap_err()
+            .contains("indefinite"));
+        assert!(Reader::new(&[0xf7]).next().unwrap_err().contains("simple"));
+        assert!(Reader::new(&[0x1c]).next().is_err());
+    }
+}
