@@ -398,8 +398,10 @@ pub(crate) fn verify_path(
             return Err(Error::new(
                 Code::CertNotYetValid,
                 format!(
-                    "`{}` is valid from {} (unix s), verification time is {} ms",
-                    summary.subject, summary.not_before, at_ms
+                    "`{}` is valid from {}, verification time is {}",
+                    summary.subject,
+                    rfc3339_ms(i128::from(summary.not_before) * 1000),
+                    rfc3339_ms(at_ms)
                 ),
             ));
         }
@@ -407,8 +409,10 @@ pub(crate) fn verify_path(
             return Err(Error::new(
                 Code::CertExpired,
                 format!(
-                    "`{}` expired at {} (unix s), verification time is {} ms",
-                    summary.subject, summary.not_after, at_ms
+                    "`{}` expired at {}, verification time is {}",
+                    summary.subject,
+                    rfc3339_ms(i128::from(summary.not_after) * 1000),
+                    rfc3339_ms(at_ms)
                 ),
             ));
         }
@@ -419,6 +423,17 @@ pub(crate) fn verify_path(
         cached_links,
         links: path.len() - 1,
     })
+}
+
+/// RFC 3339 form of unix milliseconds, for messages.
+pub(crate) fn rfc3339_ms(ms: i128) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Parses the document's certificates: the bundle in order, then the leaf.

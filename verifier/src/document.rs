@@ -191,13 +191,11 @@ fn parse_payload(payload: &[u8]) -> Result<AttestationDoc, Error> {
             )))
         }
     };
-    if let Some(n) = len {
-        if n != KEYS.len() {
-            return Err(malformed(format!(
-                "payload map has {n} entries, expected {}",
-                KEYS.len()
-            )));
-        }
+    if len.is_some_and(|n| n > KEYS.len()) {
+        return Err(malformed(format!(
+            "payload map has more than {} entries",
+            KEYS.len()
+        )));
     }
     let mut f = Fields::default();
     let mut count = 0usize;

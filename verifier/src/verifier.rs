@@ -142,12 +142,12 @@ impl Verifier {
             report,
             StepName::Chain,
             format!(
-                "{} links from pinned root `{}` to `{}` ({} from cache), all valid at {} ms",
+                "{} links from pinned root `{}` to `{}` ({} from cache), all valid at {}",
                 path.links,
                 roots[path.root_index].subject(),
                 leaf.subject(),
                 path.cached_links,
-                at_ms
+                crate::chain::rfc3339_ms(i128::from(at_ms))
             ),
         );
 

@@ -1,0 +1,61 @@
+# Confidant: `make demo` runs the main job end to end on the local default; `make test` runs everything.
+# Both install what they need on a fresh machine (Rust toolchain components; later, libtorch and moto).
+
+CARGO ?= cargo
+CONFIDANT := target/release/confidant
+DEMO_DOC := test-vectors/attestation/real/veracruz-20221109T225200-prod.cose
+DEMO_PCR0 := 22f9e1c949208da55eb01b9b9fc88f87454f77ba133f0d82320b509621c92482152a99d0a12335b97178c02d6f977d01
+
+.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier vectors clean
+
+all: test
+
+deps:
+	rustup component add rustfmt clippy
+
+# Until the enclave, relay and client land end to end, the demo verifies a real Nitro attestation
+# document as of its timestamp with PCR0 pinned, then shows the same document rejected today.
+demo: deps
+	$(CARGO) build --release -p confidant
+	@echo "== confidant verify $(DEMO_DOC) --at doc --pcr 0=<pinned>"
+	$(CONFIDANT) verify $(DEMO_DOC) --at doc --pcr 0=$(DEMO_PCR0)
+	@echo "== the same document verified now (its 3-hour leaf certificate has expired):"
+	$(CONFIDANT) verify $(DEMO_DOC) || echo "(exit status $$?: rejected, as expected)"
+	@echo "== conformance"
+	$(CONFIDANT) conformance | tail -1
+
+test: deps fmt lint unit conformance no-openssl
+
+fmt:
+	$(CARGO) fmt --all --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p confidant-verifier --all-targets --all-features -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+	# The AWS-LC signature backend must pass the same real-document tests.
+	$(CARGO) test -p confidant-verifier --features aws-lc --test real_documents
+
+conformance:
+	$(CARGO) run -q -p confidant -- conformance
+
+# The client must not link OpenSSL, directly or through any dependency.
+no-openssl:
+	@if $(CARGO) tree -p confidant -e normal,build --prefix none | grep -i openssl; then \
+		echo "error: the client depends on OpenSSL"; exit 1; \
+	else echo "no OpenSSL in the client's dependency tree"; fi
+
+bench: bench-verifier
+
+bench-verifier:
+	$(CARGO) bench -p confidant-verifier --bench verify
+	$(CARGO) bench -p confidant-verifier --features aws-lc --bench verify
+
+# Regenerates the synthetic attestation vectors (new keys each time; commit the result).
+vectors:
+	$(CARGO) run -p confidant-verifier --features encode --example gen-attestation-vectors -- test-vectors/attestation
+
+clean:
+	$(CARGO) clean
