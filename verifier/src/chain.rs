@@ -248,14 +248,20 @@ impl CertCache {
         key
     }
 
-    fn contains(&self, key: &[u8; 64]) -> bool {
-        self.capacity > 0 && self.links.lock().is_ok_and(|set| set.contains(key))
+    /// Whether `issuer` → `child` was verified before. A disabled cache hashes nothing.
+    fn contains(&self, issuer: &Cert<'_>, child: &Cert<'_>) -> bool {
+        self.capacity > 0
+            && self
+                .links
+                .lock()
+                .is_ok_and(|set| set.contains(&CertCache::key(issuer, child)))
     }
 
-    fn insert(&self, key: [u8; 64]) {
+    fn insert(&self, issuer: &Cert<'_>, child: &Cert<'_>) {
         if self.capacity == 0 {
             return;
         }
+        let key = CertCache::key(issuer, child);
         if let Ok(mut set) = self.links.lock() {
             if set.len() >= self.capacity {
                 set.clear();
@@ -304,15 +310,14 @@ pub(crate) fn verify_path(
     let mut last_error = None;
     let mut cached_links = 0;
     for (i, root) in roots.iter().enumerate() {
-        let key = CertCache::key(root, first);
-        if cache.contains(&key) {
+        if cache.contains(root, first) {
             anchor = Some(i);
             cached_links += 1;
             break;
         }
         match root.issued(first) {
             Ok(()) => {
-                cache.insert(key);
+                cache.insert(root, first);
                 anchor = Some(i);
                 break;
             }
@@ -333,13 +338,12 @@ pub(crate) fn verify_path(
     path.extend(below.iter().copied());
     for pair in path.windows(2).skip(1) {
         let (issuer, child) = (pair[0], pair[1]);
-        let key = CertCache::key(issuer, child);
-        if cache.contains(&key) {
+        if cache.contains(issuer, child) {
             cached_links += 1;
             continue;
         }
         issuer.issued(child).map_err(untrusted)?;
-        cache.insert(key);
+        cache.insert(issuer, child);
     }
 
     // Constraints: every certificate but the leaf is a CA allowed to sign certificates, with room in its
