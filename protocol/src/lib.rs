@@ -1,2 +1,31 @@
-//! Confidant's wire protocol: frames, key configs, HPKE encapsulation bound to attestation, streamed
-//! responses and sessions. A sans-I/O library: no sockets, clocks or files.
+//! Confidant's wire protocol, sans I/O: frames, key configs, HPKE request encapsulation bound to the
+//! attestation document, chunked responses, sessions and replay protection. Both binaries and the
+//! conformance suites drive it; it opens no sockets, reads no clock and touches no files (time comes in
+//! as arguments; randomness through a `CryptoRng` the caller passes).
+//!
+//! The flow, client side: [`binding::Recipient::from_attestation`] → [`request::encapsulate`] →
+//! `REQUEST` frame → [`request::ClientRequest::response_opener`] on the `RESPONSE` nonce → open each
+//! `CHUNK` → [`request::ClientRequest::into_session`] for follow-up turns. Enclave side:
+//! [`request::decapsulate`] → [`replay::ReplayCache::check_and_record`] →
+//! [`request::ServerRequest::respond`] → seal chunks; [`request::ServerRequest::session`] keeps the
+//! conversation. `docs/protocol.md` is the specification.
+
+mod aead;
+pub mod binding;
+pub mod chunks;
+pub mod error;
+pub mod frame;
+pub mod hpke_ops;
+pub mod keyconfig;
+pub mod replay;
+pub mod request;
+pub mod session;
+pub mod suite;
+pub mod user_data;
+
+pub use binding::{Expectations, Recipient};
+pub use error::ProtocolError;
+pub use frame::{Frame, FrameDecoder};
+pub use hpke_ops::{system_rng, ReplayRng};
+pub use keyconfig::{KeyConfig, KeyPair};
+pub use suite::{Aead, Kem, Suite};

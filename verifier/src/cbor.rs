@@ -1,4 +1,5 @@
-//! A strict, zero-copy CBOR item reader for the attestation document's small grammar.
+//! A strict, zero-copy CBOR item reader for the small grammars Confidant reads (the attestation
+//! document, and the `user_data` map the protocol crate decodes).
 //!
 //! `ciborium-ll` decodes each item's header; this module keeps the position itself so that byte and text
 //! strings are borrowed from the input (the signature must be checked over the bytes received, never a
@@ -9,7 +10,7 @@ use ciborium_ll::{Decoder, Header};
 
 /// One CBOR data item's head, with string contents borrowed from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Item<'a> {
+pub enum Item<'a> {
     Uint(u64),
     /// A negative integer, encoded as in CBOR: the value is `-1 - n`.
     Nint(u64),
@@ -27,7 +28,7 @@ pub(crate) enum Item<'a> {
 
 impl Item<'_> {
     /// A short name for error messages.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Item::Uint(_) => "unsigned integer",
             Item::Nint(_) => "negative integer",
@@ -45,23 +46,23 @@ impl Item<'_> {
 
 /// A reader over a byte slice.
 #[derive(Debug)]
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(input: &'a [u8]) -> Reader<'a> {
+    pub fn new(input: &'a [u8]) -> Reader<'a> {
         Reader { input, pos: 0 }
     }
 
     /// Bytes not read yet.
-    pub(crate) fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.input.len() - self.pos
     }
 
     /// The next item. Errors are short descriptions for `malformed`.
-    pub(crate) fn next(&mut self) -> Result<Item<'a>, String> {
+    pub fn read(&mut self) -> Result<Item<'a>, String> {
         let rest = &self.input[self.pos..];
         if rest.is_empty() {
             return Err(format!("truncated: input ends at byte {}", self.pos));
@@ -134,7 +135,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes a break if the next item is one.
-    pub(crate) fn peek_break(&mut self) -> Result<bool, String> {
+    pub fn peek_break(&mut self) -> Result<bool, String> {
         match self.input.get(self.pos) {
             Some(0xff) => {
                 self.pos += 1;
@@ -155,33 +156,33 @@ mod tests {
         // [h'0102', "hi", -35, null, true]
         let input = [0x85, 0x42, 1, 2, 0x62, b'h', b'i', 0x38, 0x22, 0xf6, 0xf5];
         let mut r = Reader::new(&input);
-        assert_eq!(r.next(), Ok(Item::Array(Some(5))));
-        assert_eq!(r.next(), Ok(Item::Bytes(&[1, 2])));
-        assert_eq!(r.next(), Ok(Item::Text("hi")));
-        assert_eq!(r.next(), Ok(Item::Nint(34)));
-        assert_eq!(r.next(), Ok(Item::Null));
-        assert_eq!(r.next(), Ok(Item::Bool(true)));
+        assert_eq!(r.read(), Ok(Item::Array(Some(5))));
+        assert_eq!(r.read(), Ok(Item::Bytes(&[1, 2])));
+        assert_eq!(r.read(), Ok(Item::Text("hi")));
+        assert_eq!(r.read(), Ok(Item::Nint(34)));
+        assert_eq!(r.read(), Ok(Item::Null));
+        assert_eq!(r.read(), Ok(Item::Bool(true)));
         assert_eq!(r.remaining(), 0);
-        assert!(r.next().unwrap_err().starts_with("truncated"));
+        assert!(r.read().unwrap_err().starts_with("truncated"));
     }
 
     #[test]
     fn rejects_lengths_beyond_input_floats_and_indefinite_strings() {
         assert!(
             Reader::new(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
-                .next()
+                .read()
                 .unwrap_err()
                 .starts_with("truncated")
         );
         assert!(Reader::new(&[0xf9, 0, 0])
-            .next()
+            .read()
             .unwrap_err()
             .contains("floating"));
         assert!(Reader::new(&[0x5f, 0x41, 0, 0xff])
-            .next()
+            .read()
             .unwrap_err()
             .contains("indefinite"));
-        assert!(Reader::new(&[0xf7]).next().unwrap_err().contains("simple"));
-        assert!(Reader::new(&[0x1c]).next().is_err());
+        assert!(Reader::new(&[0xf7]).read().unwrap_err().contains("simple"));
+        assert!(Reader::new(&[0x1c]).read().is_err());
     }
 }

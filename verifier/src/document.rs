@@ -52,13 +52,13 @@ fn malformed(detail: impl Into<String>) -> Error {
 pub fn parse(bytes: &[u8]) -> Result<ParsedDocument<'_>, Error> {
     let mut r = Reader::new(bytes);
     let mut tagged = false;
-    let mut first = r.next().map_err(malformed)?;
+    let mut first = r.read().map_err(malformed)?;
     if let Item::Tag(tag) = first {
         if tag != 18 {
             return Err(malformed(format!("tag {tag} is not COSE_Sign1 (18)")));
         }
         tagged = true;
-        first = r.next().map_err(malformed)?;
+        first = r.read().map_err(malformed)?;
     }
     if first != Item::Array(Some(4)) {
         return Err(malformed(format!(
@@ -68,7 +68,7 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedDocument<'_>, Error> {
     }
     let protected = expect_bytes(&mut r, "protected header")?;
     check_protected(protected)?;
-    match r.next().map_err(malformed)? {
+    match r.read().map_err(malformed)? {
         Item::Map(Some(0)) => {}
         Item::Map(None) if r.peek_break().map_err(malformed)? => {}
         Item::Map(_) => return Err(malformed("unprotected header must be an empty map")),
@@ -112,7 +112,7 @@ fn describe(item: Item<'_>) -> String {
 }
 
 fn expect_bytes<'a>(r: &mut Reader<'a>, what: &str) -> Result<&'a [u8], Error> {
-    match r.next().map_err(malformed)? {
+    match r.read().map_err(malformed)? {
         Item::Bytes(b) => Ok(b),
         other => Err(malformed(format!(
             "{what} must be a byte string, found {}",
@@ -125,7 +125,7 @@ fn expect_bytes<'a>(r: &mut Reader<'a>, what: &str) -> Result<&'a [u8], Error> {
 fn check_protected(protected: &[u8]) -> Result<(), Error> {
     let unsupported = |detail: String| Error::new(Code::UnsupportedAlg, detail);
     let mut r = Reader::new(protected);
-    match r.next() {
+    match r.read() {
         Ok(Item::Map(Some(1))) => {}
         Ok(Item::Map(_)) => {
             return Err(unsupported(
@@ -134,8 +134,8 @@ fn check_protected(protected: &[u8]) -> Result<(), Error> {
         }
         _ => return Err(malformed("protected header is not a CBOR map")),
     }
-    let key = r.next().map_err(malformed)?;
-    let value = r.next().map_err(malformed)?;
+    let key = r.read().map_err(malformed)?;
+    let value = r.read().map_err(malformed)?;
     if r.remaining() != 0 {
         return Err(malformed("trailing bytes in the protected header"));
     }
@@ -182,7 +182,7 @@ struct Fields {
 
 fn parse_payload(payload: &[u8]) -> Result<AttestationDoc, Error> {
     let mut r = Reader::new(payload);
-    let len = match r.next().map_err(malformed)? {
+    let len = match r.read().map_err(malformed)? {
         Item::Map(len) => len,
         other => {
             return Err(malformed(format!(
@@ -212,7 +212,7 @@ fn parse_payload(payload: &[u8]) -> Result<AttestationDoc, Error> {
                 KEYS.len()
             )));
         }
-        let key = match r.next().map_err(malformed)? {
+        let key = match r.read().map_err(malformed)? {
             Item::Text(k) => k,
             other => {
                 return Err(malformed(format!(
@@ -274,7 +274,7 @@ fn optional_bytes(key: &str, item: Item<'_>, max: usize) -> Result<Option<ByteBu
 }
 
 fn parse_field(r: &mut Reader<'_>, key: &str, f: &mut Fields) -> Result<(), Error> {
-    let item = r.next().map_err(malformed)?;
+    let item = r.read().map_err(malformed)?;
     match key {
         "module_id" => match item {
             Item::Text(t) if !t.is_empty() => set(&mut f.module_id, key, t.to_string()),
@@ -341,7 +341,7 @@ fn parse_pcrs(r: &mut Reader<'_>, item: Item<'_>) -> Result<BTreeMap<usize, Byte
         if pcrs.len() > MAX_PCR_INDEX {
             return Err(malformed("`pcrs` holds more than 32 entries"));
         }
-        let index = match r.next().map_err(malformed)? {
+        let index = match r.read().map_err(malformed)? {
             Item::Uint(i) if i <= MAX_PCR_INDEX as u64 => i as usize,
             Item::Uint(i) => {
                 return Err(malformed(format!(
@@ -350,7 +350,7 @@ fn parse_pcrs(r: &mut Reader<'_>, item: Item<'_>) -> Result<BTreeMap<usize, Byte
             }
             other => return Err(type_error("pcrs key", "an unsigned integer", other)),
         };
-        let value = match r.next().map_err(malformed)? {
+        let value = match r.read().map_err(malformed)? {
             Item::Bytes(b) if b.len() == PCR_LEN => ByteBuf::from(b.to_vec()),
             Item::Bytes(b) => {
                 return Err(malformed(format!(
@@ -387,7 +387,7 @@ fn parse_cabundle(r: &mut Reader<'_>, item: Item<'_>) -> Result<Vec<ByteBuf>, Er
                 "`cabundle` holds more than {MAX_CABUNDLE_LEN} certificates"
             )));
         }
-        let item = r.next().map_err(malformed)?;
+        let item = r.read().map_err(malformed)?;
         bundle.push(sized_bytes("cabundle entry", item, 1, MAX_CERT_LEN)?);
     }
     if bundle.is_empty() {

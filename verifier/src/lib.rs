@@ -18,12 +18,12 @@
 //! # fn run(doc: &[u8], root_der: Vec<u8>, now_ms: u64) -> Result<(), confidant_verifier::Error> {
 //! let verifier = Verifier::new(vec![root_der])?;
 //! let policy = Policy { max_age_ms: Some(300_000), ..Policy::default() };
-//! let doc = verifier.verify(doc, &policy, VerifyAt::Instant(now_ms))?;
-//! println!("{} at {}", doc.module_id, doc.timestamp);
+//! let verified = verifier.verify(doc, &policy, VerifyAt::Instant(now_ms))?;
+//! println!("{} at {}", verified.doc().module_id, verified.doc().timestamp);
 //! # Ok(()) }
 //! ```
 
-mod cbor;
+pub mod cbor;
 mod chain;
 pub mod document;
 #[cfg(feature = "encode")]
@@ -39,4 +39,4 @@ pub use chain::{CertCache, CertSummary};
 pub use error::{Code, Error};
 pub use policy::{Policy, PolicyError, VerifyAt, DEFAULT_FUTURE_SKEW_MS};
 pub use report::{Report, Step, StepName, StepStatus};
-pub use verifier::Verifier;
+pub use verifier::{Verified, Verifier};

@@ -9,6 +9,26 @@ use crate::policy::{check_freshness, check_policy, Policy, VerifyAt};
 use crate::report::{Report, Step, StepName, StepStatus};
 use crate::signature::{sig_structure, verify_es384};
 
+/// A document that passed every step. Only [`Verifier::verify`] makes one, so holding a `Verified` is
+/// proof that verification happened.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    doc: AttestationDoc,
+    sha256: [u8; 32],
+}
+
+impl Verified {
+    /// The decoded document.
+    pub fn doc(&self) -> &AttestationDoc {
+        &self.doc
+    }
+
+    /// SHA-256 of the document bytes as received: what a request binds to.
+    pub fn document_sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+}
+
 /// Verifies attestation documents against a fixed set of pinned roots.
 ///
 /// Holds a [`CertCache`] of certificate links it has verified, so it is worth keeping one per process.
@@ -48,15 +68,14 @@ impl Verifier {
     }
 
     /// Verifies `bytes`, returning the decoded document only if every step passes.
-    pub fn verify(
-        &self,
-        bytes: &[u8],
-        policy: &Policy,
-        at: VerifyAt,
-    ) -> Result<AttestationDoc, Error> {
+    pub fn verify(&self, bytes: &[u8], policy: &Policy, at: VerifyAt) -> Result<Verified, Error> {
         let report = self.report(bytes, policy, at);
         match (report.error, report.document) {
-            (None, Some(doc)) => Ok(doc),
+            (None, Some(doc)) => {
+                let mut sha256 = [0u8; 32];
+                sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+                Ok(Verified { doc, sha256 })
+            }
             (Some(e), _) => Err(e),
             (None, None) => Err(Error::new(Code::Malformed, "no document")),
         }

@@ -78,7 +78,7 @@ fn all_34_real_documents_verify_at_their_own_timestamp_with_pcrs_pinned() {
         let doc2 = verifier
             .verify(&real.bytes, &policy, VerifyAt::Instant(real.timestamp_ms))
             .unwrap_or_else(|e| panic!("{}: {e}", real.file));
-        assert_eq!(doc2.module_id, doc.module_id);
+        assert_eq!(doc2.doc().module_id, doc.module_id);
     }
 }
 

@@ -5,6 +5,8 @@
 //! unless it was asked for by name.
 
 mod attestation;
+mod hpke;
+mod ohttp;
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +32,11 @@ impl CaseResult {
 type SuiteFn = fn(&Path) -> Result<Vec<CaseResult>, String>;
 
 /// Every suite, in run order, with the subdirectory that marks it present.
-const SUITES: &[(&str, SuiteFn)] = &[("attestation", attestation::run)];
+const SUITES: &[(&str, SuiteFn)] = &[
+    ("attestation", attestation::run),
+    ("hpke", hpke::run),
+    ("ohttp", ohttp::run),
+];
 
 /// Names of all suites.
 pub fn suite_names() -> Vec<&'static str> {

@@ -1,0 +1,431 @@
+//! Frames: `type (u8) | length (u32, big-endian) | body`, decoded incrementally from pieces of any size.
+//!
+//! | type | frame | body |
+//! |---|---|---|
+//! | 0x01 | `ATTEST` | empty (the enclave's cached document) or a 32-byte nonce |
+//! | 0x02 | `ATTESTATION` | document length (u32) ‖ document ‖ key-config list |
+//! | 0x03 | `REQUEST` | SHA-256 of the attestation document the client verified (32) ‖ encapsulated request |
+//! | 0x04 | `SESSION` | session id (16) ‖ sequence number (u64) ‖ AEAD ciphertext |
+//! | 0x05 | `RESPONSE` | response nonce (starts a response to a `REQUEST`) |
+//! | 0x06 | `CHUNK` | flags (bit 0: final) ‖ sealed chunk |
+//! | 0x07 | `ERROR` | code length (u8) ‖ code (ASCII) ‖ message (UTF-8) |
+
+use crate::error::ProtocolError;
+
+/// Largest body a frame may carry: an attestation document with X-Wing key configs is ~8 KiB; a
+/// question of a few pages is well under this.
+pub const MAX_BODY: u32 = 256 * 1024;
+/// Bytes before the body.
+pub const HEADER_LEN: usize = 5;
+
+pub const ATTEST: u8 = 0x01;
+pub const ATTESTATION: u8 = 0x02;
+pub const REQUEST: u8 = 0x03;
+pub const SESSION: u8 = 0x04;
+pub const RESPONSE: u8 = 0x05;
+pub const CHUNK: u8 = 0x06;
+pub const ERROR: u8 = 0x07;
+
+/// Flag bit of a `CHUNK` frame marking the last chunk of a response.
+pub const CHUNK_FINAL: u8 = 0x01;
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Ask for an attestation document, with a fresh nonce or for the cached one.
+    Attest { nonce: Option<[u8; 32]> },
+    /// The document and the key-config list it commits to.
+    Attestation {
+        document: Vec<u8>,
+        key_configs: Vec<u8>,
+    },
+    /// An encapsulated request bound to a document.
+    Request {
+        attestation_sha256: [u8; 32],
+        encapsulated: Vec<u8>,
+    },
+    /// A follow-up turn of a session.
+    Session {
+        id: [u8; 16],
+        seq: u64,
+        ciphertext: Vec<u8>,
+    },
+    /// The start of a response: its nonce.
+    Response { nonce: Vec<u8> },
+    /// One sealed chunk of a response.
+    Chunk { last: bool, sealed: Vec<u8> },
+    /// A rejection.
+    Error { code: String, message: String },
+}
+
+impl Frame {
+    /// The frame's type byte.
+    pub fn frame_type(&self) -> u8 {
+        match self {
+            Frame::Attest { .. } => ATTEST,
+            Frame::Attestation { .. } => ATTESTATION,
+            Frame::Request { .. } => REQUEST,
+            Frame::Session { .. } => SESSION,
+            Frame::Response { .. } => RESPONSE,
+            Frame::Chunk { .. } => CHUNK,
+            Frame::Error { .. } => ERROR,
+        }
+    }
+
+    /// The frame's name, for errors.
+    pub fn name(&self) -> &'static str {
+        type_name(self.frame_type())
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.push(self.frame_type());
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Frame::Attest { nonce } => {
+                if let Some(n) = nonce {
+                    out.extend_from_slice(n);
+                }
+            }
+            Frame::Attestation {
+                document,
+                key_configs,
+            } => {
+                out.extend_from_slice(&(document.len() as u32).to_be_bytes());
+                out.extend_from_slice(document);
+                out.extend_from_slice(key_configs);
+            }
+            Frame::Request {
+                attestation_sha256,
+                encapsulated,
+            } => {
+                out.extend_from_slice(attestation_sha256);
+                out.extend_from_slice(encapsulated);
+            }
+            Frame::Session {
+                id,
+                seq,
+                ciphertext,
+            } => {
+                out.extend_from_slice(id);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(ciphertext);
+            }
+            Frame::Response { nonce } => out.extend_from_slice(nonce),
+            Frame::Chunk { last, sealed } => {
+                out.push(if *last { CHUNK_FINAL } else { 0 });
+                out.extend_from_slice(sealed);
+            }
+            Frame::Error { code, message } => {
+                let code = &code.as_bytes()[..code.len().min(255)];
+                out.push(code.len() as u8);
+                out.extend_from_slice(code);
+                out.extend_from_slice(message.as_bytes());
+            }
+        }
+        let len = (out.len() - start - HEADER_LEN) as u32;
+        out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The encoded frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// An `ERROR` frame for `error`.
+    pub fn error(error: &ProtocolError) -> Frame {
+        Frame::Error {
+            code: error.code().to_string(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Decodes a body of type `ty`.
+    pub fn decode_body(ty: u8, body: &[u8]) -> Result<Frame, ProtocolError> {
+        let malformed = |detail: &str| ProtocolError::MalformedFrame {
+            frame: type_name(ty),
+            detail: detail.to_string(),
+        };
+        Ok(match ty {
+            ATTEST => match body.len() {
+                0 => Frame::Attest { nonce: None },
+                32 => Frame::Attest {
+                    nonce: Some(body.try_into().map_err(|_| malformed("nonce"))?),
+                },
+                _ => return Err(malformed("body must be empty or a 32-byte nonce")),
+            },
+            ATTESTATION => {
+                let (len, rest) = split_u32(body).ok_or_else(|| malformed("no document length"))?;
+                if rest.len() < len as usize {
+                    return Err(malformed("document longer than the frame"));
+                }
+                let (document, key_configs) = rest.split_at(len as usize);
+                Frame::Attestation {
+                    document: document.to_vec(),
+                    key_configs: key_configs.to_vec(),
+                }
+            }
+            REQUEST => {
+                if body.len() < 32 + 7 {
+                    return Err(malformed("shorter than a binding and a request header"));
+                }
+                let (hash, rest) = body.split_at(32);
+                Frame::Request {
+                    attestation_sha256: hash.try_into().map_err(|_| malformed("binding"))?,
+                    encapsulated: rest.to_vec(),
+                }
+            }
+            SESSION => {
+                if body.len() < 16 + 8 {
+                    return Err(malformed("shorter than a session id and sequence number"));
+                }
+                let (id, rest) = body.split_at(16);
+                let (seq, ct) = rest.split_at(8);
+                Frame::Session {
+                    id: id.try_into().map_err(|_| malformed("session id"))?,
+                    seq: u64::from_be_bytes(seq.try_into().map_err(|_| malformed("sequence"))?),
+                    ciphertext: ct.to_vec(),
+                }
+            }
+            RESPONSE => {
+                if body.len() != 16 && body.len() != 32 {
+                    return Err(malformed("response nonce must be 16 or 32 bytes"));
+                }
+                Frame::Response {
+                    nonce: body.to_vec(),
+                }
+            }
+            CHUNK => {
+                let (&flags, sealed) = body.split_first().ok_or_else(|| malformed("empty"))?;
+                if flags & !CHUNK_FINAL != 0 {
+                    return Err(malformed("unknown flag bits"));
+                }
+                Frame::Chunk {
+                    last: flags & CHUNK_FINAL != 0,
+                    sealed: sealed.to_vec(),
+                }
+            }
+            ERROR => {
+                let (&n, rest) = body.split_first().ok_or_else(|| malformed("empty"))?;
+                if rest.len() < n as usize {
+                    return Err(malformed("code longer than the frame"));
+                }
+                let (code, message) = rest.split_at(n as usize);
+                let code = std::str::from_utf8(code)
+                    .ok()
+                    .filter(|c| {
+                        c.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+                    })
+                    .ok_or_else(|| malformed("code is not [a-z0-9_]"))?;
+                Frame::Error {
+                    code: code.to_string(),
+                    message: String::from_utf8_lossy(message).into_owned(),
+                }
+            }
+            other => return Err(ProtocolError::UnknownFrame(other)),
+        })
+    }
+}
+
+fn split_u32(b: &[u8]) -> Option<(u32, &[u8])> {
+    if b.len() < 4 {
+        return None;
+    }
+    let (n, rest) = b.split_at(4);
+    Some((u32::from_be_bytes(n.try_into().ok()?), rest))
+}
+
+/// The name of a frame type.
+pub fn type_name(ty: u8) -> &'static str {
+    match ty {
+        ATTEST => "ATTEST",
+        ATTESTATION => "ATTESTATION",
+        REQUEST => "REQUEST",
+        SESSION => "SESSION",
+        RESPONSE => "RESPONSE",
+        CHUNK => "CHUNK",
+        ERROR => "ERROR",
+        _ => "unknown",
+    }
+}
+
+/// Incremental decoder: push bytes as they arrive, pull whole frames.
+///
+/// Errors are final: after one, the stream must be closed (with an `ERROR` frame where possible).
+/// Unknown types and oversize lengths are reported as soon as the header arrives, without waiting for
+/// (or buffering) the body.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_body: u32,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new(MAX_BODY)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder accepting bodies up to `max_body` bytes (at most [`MAX_BODY`]).
+    pub fn new(max_body: u32) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max_body: max_body.min(MAX_BODY),
+        }
+    }
+
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `None` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        let Some(&ty) = self.buf.first() else {
+            return Ok(None);
+        };
+        if type_name(ty) == "unknown" {
+            return Err(ProtocolError::UnknownFrame(ty));
+        }
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if len > self.max_body {
+            return Err(ProtocolError::OversizeFrame {
+                len: u64::from(len),
+                max: self.max_body,
+            });
+        }
+        let end = HEADER_LEN + len as usize;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let frame = Frame::decode_body(ty, &self.buf[HEADER_LEN..end]);
+        self.buf.drain(..end);
+        frame.map(Some)
+    }
+
+    /// Call at end of stream: an error if a frame was cut short.
+    pub fn finish(&self) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtocolError::TruncatedFrame(self.buf.len()))
+        }
+    }
+
+    /// Bytes buffered and not yet returned as a frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Attest { nonce: None },
+            Frame::Attest {
+                nonce: Some([7; 32]),
+            },
+            Frame::Attestation {
+                document: vec![1, 2, 3],
+                key_configs: vec![4, 5],
+            },
+            Frame::Request {
+                attestation_sha256: [9; 32],
+                encapsulated: vec![0; 50],
+            },
+            Frame::Session {
+                id: [3; 16],
+                seq: 42,
+                ciphertext: vec![8; 20],
+            },
+            Frame::Response { nonce: vec![1; 16] },
+            Frame::Chunk {
+                last: true,
+                sealed: vec![2; 17],
+            },
+            Frame::Chunk {
+                last: false,
+                sealed: vec![],
+            },
+            Frame::Error {
+                code: "replayed".into(),
+                message: "seen before".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips_byte_by_byte() {
+        let mut wire = Vec::new();
+        for f in all_frames() {
+            f.encode_into(&mut wire);
+        }
+        let mut dec = FrameDecoder::default();
+        let mut got = Vec::new();
+        for b in &wire {
+            dec.push(std::slice::from_ref(b));
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        dec.finish().unwrap();
+        assert_eq!(got, all_frames());
+    }
+
+    #[test]
+    fn rejects_unknown_oversize_and_truncated_with_distinct_errors() {
+        let mut dec = FrameDecoder::default();
+        dec.push(&[0x42]);
+        assert_eq!(dec.next_frame(), Err(ProtocolError::UnknownFrame(0x42)));
+
+        let mut dec = FrameDecoder::default();
+        dec.push(&[CHUNK, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            dec.next_frame(),
+            Err(ProtocolError::OversizeFrame { .. })
+        ));
+
+        let mut dec = FrameDecoder::default();
+        let wire = Frame::Response { nonce: vec![1; 16] }.encode();
+        dec.push(&wire[..wire.len() - 1]);
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert_eq!(
+            dec.finish(),
+            Err(ProtocolError::TruncatedFrame(wire.len() - 1))
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_bodies() {
+        for (ty, body) in [
+            (ATTEST, vec![0; 5]),
+            (ATTESTATION, vec![0, 0, 0, 9, 1]),
+            (REQUEST, vec![0; 10]),
+            (SESSION, vec![0; 23]),
+            (RESPONSE, vec![0; 12]),
+            (CHUNK, vec![]),
+            (CHUNK, vec![0x02, 1]),
+            (ERROR, vec![5, b'a']),
+            (ERROR, vec![1, b'A']),
+        ] {
+            assert!(
+                matches!(
+                    Frame::decode_body(ty, &body),
+                    Err(ProtocolError::MalformedFrame { .. })
+                ),
+                "{ty:#x} {body:?}"
+            );
+        }
+    }
+}
