@@ -10,7 +10,7 @@ use hpke::rand_core::{CryptoRng, TryCryptoRng, TryRng};
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use zeroize::Zeroizing;
 
-use crate::suite::{Aead, Kem, Suite};
+use crate::suite::{Aead, Kem};
 
 /// An HPKE operation failed: a malformed key or encapsulation, or an authentication failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,88 @@ pub enum HpkeFailure {
     BadKey,
     /// The ciphertext did not authenticate.
     Open,
+}
+
+/// A parsed public key. Parsing an X-Wing key decodes the ML-KEM encapsulation key, so holders keep it
+/// parsed rather than re-reading bytes per request.
+#[derive(Clone)]
+pub enum PublicKey {
+    X25519(<X25519HkdfSha256 as hpke::Kem>::PublicKey),
+    XWing(Box<<XWing as hpke::Kem>::PublicKey>),
+}
+
+/// A parsed private key; the `hpke` crate's key types zeroize on drop. An X-Wing key is expanded
+/// (ML-KEM key generation from its 32-byte seed) once, here, instead of on every decapsulation.
+pub enum PrivateKey {
+    X25519(<X25519HkdfSha256 as hpke::Kem>::PrivateKey),
+    XWing(Box<<XWing as hpke::Kem>::PrivateKey>),
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({:?})", self.kem())
+    }
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateKey({:?}, ..)", self.kem())
+    }
+}
+
+impl PublicKey {
+    pub fn from_bytes(kem: Kem, bytes: &[u8]) -> Result<PublicKey, HpkeFailure> {
+        Ok(match kem {
+            Kem::X25519HkdfSha256 => PublicKey::X25519(
+                Deserializable::from_bytes(bytes).map_err(|_| HpkeFailure::BadKey)?,
+            ),
+            Kem::XWing => PublicKey::XWing(Box::new(
+                Deserializable::from_bytes(bytes).map_err(|_| HpkeFailure::BadKey)?,
+            )),
+        })
+    }
+
+    pub fn kem(&self) -> Kem {
+        match self {
+            PublicKey::X25519(_) => Kem::X25519HkdfSha256,
+            PublicKey::XWing(_) => Kem::XWing,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            PublicKey::X25519(k) => k.to_bytes().to_vec(),
+            PublicKey::XWing(k) => k.to_bytes().to_vec(),
+        }
+    }
+}
+
+impl PrivateKey {
+    pub fn from_bytes(kem: Kem, bytes: &[u8]) -> Result<PrivateKey, HpkeFailure> {
+        Ok(match kem {
+            Kem::X25519HkdfSha256 => PrivateKey::X25519(
+                Deserializable::from_bytes(bytes).map_err(|_| HpkeFailure::BadKey)?,
+            ),
+            Kem::XWing => PrivateKey::XWing(Box::new(
+                Deserializable::from_bytes(bytes).map_err(|_| HpkeFailure::BadKey)?,
+            )),
+        })
+    }
+
+    pub fn kem(&self) -> Kem {
+        match self {
+            PrivateKey::X25519(_) => Kem::X25519HkdfSha256,
+            PrivateKey::XWing(_) => Kem::XWing,
+        }
+    }
+
+    /// The serialized key (X25519 clamped, as RFC 9180 §7.1.2 requires).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(match self {
+            PrivateKey::X25519(k) => k.to_bytes().to_vec(),
+            PrivateKey::XWing(k) => k.to_bytes().to_vec(),
+        })
+    }
 }
 
 /// What a sender gets back.
@@ -37,15 +119,14 @@ pub struct Opened {
 }
 
 fn seal_generic<A: hpke::aead::Aead, K: hpke::Kem>(
-    public_key: &[u8],
+    pk: &K::PublicKey,
     info: &[u8],
     messages: &[(&[u8], &[u8])],
     exports: &[(&[u8], usize)],
     rng: &mut impl CryptoRng,
 ) -> Result<Sealed, HpkeFailure> {
-    let pk = K::PublicKey::from_bytes(public_key).map_err(|_| HpkeFailure::BadKey)?;
     let (enc, mut ctx) =
-        hpke::setup_sender_with_rng::<A, HkdfSha256, K>(&OpModeS::Base, &pk, info, rng)
+        hpke::setup_sender_with_rng::<A, HkdfSha256, K>(&OpModeS::Base, pk, info, rng)
             .map_err(|_| HpkeFailure::BadKey)?;
     let mut ciphertexts = Vec::with_capacity(messages.len());
     for (plaintext, aad) in messages {
@@ -60,15 +141,14 @@ fn seal_generic<A: hpke::aead::Aead, K: hpke::Kem>(
 }
 
 fn open_generic<A: hpke::aead::Aead, K: hpke::Kem>(
-    private_key: &[u8],
+    sk: &K::PrivateKey,
     enc: &[u8],
     info: &[u8],
     messages: &[(&[u8], &[u8])],
     exports: &[(&[u8], usize)],
 ) -> Result<Opened, HpkeFailure> {
-    let sk = K::PrivateKey::from_bytes(private_key).map_err(|_| HpkeFailure::BadKey)?;
     let enc = K::EncappedKey::from_bytes(enc).map_err(|_| HpkeFailure::BadKey)?;
-    let mut ctx = hpke::setup_receiver::<A, HkdfSha256, K>(&OpModeR::Base, &sk, &enc, info)
+    let mut ctx = hpke::setup_receiver::<A, HkdfSha256, K>(&OpModeR::Base, sk, &enc, info)
         .map_err(|_| HpkeFailure::BadKey)?;
     let mut plaintexts = Vec::with_capacity(messages.len());
     for (ciphertext, aad) in messages {
@@ -98,31 +178,33 @@ fn export_all(
 }
 
 macro_rules! dispatch {
-    ($suite:expr, $f:ident, $($arg:expr),*) => {
-        match ($suite.kem, $suite.aead) {
-            (Kem::X25519HkdfSha256, Aead::Aes128Gcm) => $f::<AesGcm128, X25519HkdfSha256>($($arg),*),
-            (Kem::X25519HkdfSha256, Aead::Aes256Gcm) => $f::<AesGcm256, X25519HkdfSha256>($($arg),*),
-            (Kem::X25519HkdfSha256, Aead::ChaCha20Poly1305) => $f::<ChaCha20Poly1305, X25519HkdfSha256>($($arg),*),
-            (Kem::XWing, Aead::Aes128Gcm) => $f::<AesGcm128, XWing>($($arg),*),
-            (Kem::XWing, Aead::Aes256Gcm) => $f::<AesGcm256, XWing>($($arg),*),
-            (Kem::XWing, Aead::ChaCha20Poly1305) => $f::<ChaCha20Poly1305, XWing>($($arg),*),
+    ($key:expr, $ty:ident, $aead:expr, $f:ident, $($arg:expr),*) => {
+        match ($key, $aead) {
+            ($ty::X25519(k), Aead::Aes128Gcm) => $f::<AesGcm128, X25519HkdfSha256>(k, $($arg),*),
+            ($ty::X25519(k), Aead::Aes256Gcm) => $f::<AesGcm256, X25519HkdfSha256>(k, $($arg),*),
+            ($ty::X25519(k), Aead::ChaCha20Poly1305) => $f::<ChaCha20Poly1305, X25519HkdfSha256>(k, $($arg),*),
+            ($ty::XWing(k), Aead::Aes128Gcm) => $f::<AesGcm128, XWing>(k, $($arg),*),
+            ($ty::XWing(k), Aead::Aes256Gcm) => $f::<AesGcm256, XWing>(k, $($arg),*),
+            ($ty::XWing(k), Aead::ChaCha20Poly1305) => $f::<ChaCha20Poly1305, XWing>(k, $($arg),*),
         }
     };
 }
 
-/// SetupBaseS, then seal each `(plaintext, aad)` in order, then each export `(label, length)`.
+/// SetupBaseS to `public_key` with `aead` (HKDF-SHA256), then seal each `(plaintext, aad)` in order,
+/// then each export `(label, length)`.
 pub fn seal(
-    suite: Suite,
-    public_key: &[u8],
+    aead: Aead,
+    public_key: &PublicKey,
     info: &[u8],
     messages: &[(&[u8], &[u8])],
     exports: &[(&[u8], usize)],
     rng: &mut impl CryptoRng,
 ) -> Result<Sealed, HpkeFailure> {
     dispatch!(
-        suite,
-        seal_generic,
         public_key,
+        PublicKey,
+        aead,
+        seal_generic,
         info,
         messages,
         exports,
@@ -130,19 +212,20 @@ pub fn seal(
     )
 }
 
-/// SetupBaseR, then open each `(ciphertext, aad)` in order, then each export.
+/// SetupBaseR with `private_key`, then open each `(ciphertext, aad)` in order, then each export.
 pub fn open(
-    suite: Suite,
-    private_key: &[u8],
+    aead: Aead,
+    private_key: &PrivateKey,
     enc: &[u8],
     info: &[u8],
     messages: &[(&[u8], &[u8])],
     exports: &[(&[u8], usize)],
 ) -> Result<Opened, HpkeFailure> {
     dispatch!(
-        suite,
-        open_generic,
         private_key,
+        PrivateKey,
+        aead,
+        open_generic,
         enc,
         info,
         messages,
@@ -150,19 +233,20 @@ pub fn open(
     )
 }
 
-fn derive_generic<K: hpke::Kem>(ikm: &[u8]) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
-    let (sk, pk) = K::derive_keypair(ikm);
-    (
-        Zeroizing::new(sk.to_bytes().to_vec()),
-        pk.to_bytes().to_vec(),
-    )
-}
-
-/// DeriveKeyPair(ikm): (private key, public key).
-pub fn derive_keypair(kem: Kem, ikm: &[u8]) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
+/// DeriveKeyPair(ikm) (RFC 9180 §7.1.3).
+pub fn derive_keypair(kem: Kem, ikm: &[u8]) -> (PrivateKey, PublicKey) {
     match kem {
-        Kem::X25519HkdfSha256 => derive_generic::<X25519HkdfSha256>(ikm),
-        Kem::XWing => derive_generic::<XWing>(ikm),
+        Kem::X25519HkdfSha256 => {
+            let (sk, pk) = <X25519HkdfSha256 as hpke::Kem>::derive_keypair(ikm);
+            (PrivateKey::X25519(sk), PublicKey::X25519(pk))
+        }
+        Kem::XWing => {
+            let (sk, pk) = <XWing as hpke::Kem>::derive_keypair(ikm);
+            (
+                PrivateKey::XWing(Box::new(sk)),
+                PublicKey::XWing(Box::new(pk)),
+            )
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use hpke::rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::error::ProtocolError;
-use crate::hpke_ops;
+use crate::hpke_ops::{self, PrivateKey};
 use crate::suite::{Aead, Kem, Suite, KDF_HKDF_SHA256};
 
 /// One key configuration.
@@ -154,10 +154,10 @@ pub fn decode_list(bytes: &[u8]) -> Result<Vec<KeyConfig>, ProtocolError> {
     Ok(configs)
 }
 
-/// A key config with its private key (zeroized on drop): what the enclave holds.
+/// A key config with its private key (parsed once, zeroized on drop): what the enclave holds.
 pub struct KeyPair {
     pub config: KeyConfig,
-    private_key: Zeroizing<Vec<u8>>,
+    private_key: PrivateKey,
 }
 
 impl std::fmt::Debug for KeyPair {
@@ -188,7 +188,7 @@ impl KeyPair {
             config: KeyConfig {
                 key_id,
                 kem,
-                public_key,
+                public_key: public_key.to_bytes(),
                 aeads: aeads.to_vec(),
             },
             private_key,
@@ -196,14 +196,20 @@ impl KeyPair {
     }
 
     /// From a known private key (for vectors that give `skR`).
-    pub fn from_private_key(config: KeyConfig, private_key: &[u8]) -> KeyPair {
-        KeyPair {
+    pub fn from_private_key(
+        config: KeyConfig,
+        private_key: &[u8],
+    ) -> Result<KeyPair, ProtocolError> {
+        let private_key = PrivateKey::from_bytes(config.kem, private_key).map_err(|_| {
+            ProtocolError::MalformedKeyConfig("private key rejected by the KEM".into())
+        })?;
+        Ok(KeyPair {
             config,
-            private_key: Zeroizing::new(private_key.to_vec()),
-        }
+            private_key,
+        })
     }
 
-    pub(crate) fn private_key(&self) -> &[u8] {
+    pub(crate) fn private_key(&self) -> &PrivateKey {
         &self.private_key
     }
 }

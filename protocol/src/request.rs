@@ -173,9 +173,11 @@ pub fn encapsulate(
     }
     let hdr = header(config.key_id, suite);
     let info = info(labels, &hdr, binding);
+    let public_key = hpke_ops::PublicKey::from_bytes(config.kem, &config.public_key)
+        .map_err(|_| ProtocolError::MalformedKeyConfig("public key rejected by the KEM".into()))?;
     let sealed = hpke_ops::seal(
-        suite,
-        &config.public_key,
+        suite.aead,
+        &public_key,
         &info,
         &[(plaintext, b"")],
         &exports(labels, suite.aead),
@@ -283,7 +285,7 @@ pub fn decapsulate(
     let hdr = header(key_id, suite);
     let info = info(labels, &hdr, binding);
     let opened = hpke_ops::open(
-        suite,
+        suite.aead,
         pair.private_key(),
         enc,
         &info,

@@ -7,6 +7,7 @@
 mod attestation;
 mod hpke;
 mod ohttp;
+mod protocol;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,7 @@ const SUITES: &[(&str, SuiteFn)] = &[
     ("attestation", attestation::run),
     ("hpke", hpke::run),
     ("ohttp", ohttp::run),
+    ("protocol", protocol::run),
 ];
 
 /// Names of all suites.
