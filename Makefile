@@ -6,7 +6,7 @@ CONFIDANT := target/release/confidant
 DEMO_DOC := test-vectors/attestation/real/veracruz-20221109T225200-prod.cose
 DEMO_PCR0 := 22f9e1c949208da55eb01b9b9fc88f87454f77ba133f0d82320b509621c92482152a99d0a12335b97178c02d6f977d01
 
-.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier vectors clean
+.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol vectors clean
 
 all: test
 
@@ -47,11 +47,14 @@ no-openssl:
 		echo "error: the client depends on OpenSSL"; exit 1; \
 	else echo "no OpenSSL in the client's dependency tree"; fi
 
-bench: bench-verifier
+bench: bench-verifier bench-protocol
 
 bench-verifier:
 	$(CARGO) bench -p confidant-verifier --bench verify
 	$(CARGO) bench -p confidant-verifier --features aws-lc --bench verify
+
+bench-protocol:
+	$(CARGO) bench -p confidant-protocol --bench protocol
 
 # Regenerates the synthetic attestation vectors (new keys each time; commit the result).
 vectors:
