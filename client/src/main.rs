@@ -79,6 +79,9 @@ fn conformance(args: &ConformanceArgs) -> Result<i32, CliError> {
             let failed = cases.iter().filter(|c| c.outcome.is_err()).count();
             println!("{suite}: {} passed, {failed} failed", cases.len() - failed);
         }
+        for (suite, why) in &outcome.skipped {
+            println!("{suite}: skipped ({why})");
+        }
         println!("{} passed, {} failed", outcome.passed(), outcome.failed());
     }
     Ok(if outcome.failed() == 0 {

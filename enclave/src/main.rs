@@ -1,6 +1,59 @@
-//! Placeholder binary: the layout is final, the program arrives with its issue.
+//! `confidant-enclave`: the enclave server and its tools.
+//!
+//! Exit codes: 0 success, 1 a check failed, 2 usage or I/O error.
 
-fn main() {
-    eprintln!("not built yet: see the project's open issues");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use confidant_enclave::model::Dtype;
+
+mod bench_cmd;
+mod model_check;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "confidant-enclave",
+    version,
+    about = "Confidant enclave: attested, encrypted questions to BLOOM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a BLOOM checkpoint against reference logits and greedy continuations.
+    ModelCheck {
+        /// Model directory (config.json and model.safetensors).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Reference file (cases of input ids, last-position logits, 12-token greedy continuation).
+        #[arg(long, value_name = "FILE")]
+        reference: PathBuf,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
+    },
+    /// Time prefill and decoding; prints one JSON object.
+    Bench(bench_cmd::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::ModelCheck {
+            model,
+            reference,
+            dtype,
+        } => model_check::run(&model, &reference, dtype),
+        Command::Bench(args) => bench_cmd::run(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

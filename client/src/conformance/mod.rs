@@ -5,6 +5,7 @@
 //! unless it was asked for by name.
 
 mod attestation;
+mod bloom;
 mod hpke;
 mod ohttp;
 mod protocol;
@@ -30,14 +31,26 @@ impl CaseResult {
     }
 }
 
-type SuiteFn = fn(&Path) -> Result<Vec<CaseResult>, String>;
+/// Why a suite produced no cases.
+#[derive(Debug)]
+pub enum SuiteError {
+    /// It needs something this installation lacks (reported as skipped unless asked for by name).
+    Unavailable(String),
+    /// Its vectors are unreadable or its runner broke.
+    Failed(String),
+}
+
+type SuiteFn = fn(&Path) -> Result<Vec<CaseResult>, SuiteError>;
 
 /// Every suite, in run order, with the subdirectory that marks it present.
 const SUITES: &[(&str, SuiteFn)] = &[
-    ("attestation", attestation::run),
-    ("hpke", hpke::run),
-    ("ohttp", ohttp::run),
-    ("protocol", protocol::run),
+    ("attestation", |d| {
+        attestation::run(d).map_err(SuiteError::Failed)
+    }),
+    ("hpke", |d| hpke::run(d).map_err(SuiteError::Failed)),
+    ("ohttp", |d| ohttp::run(d).map_err(SuiteError::Failed)),
+    ("protocol", |d| protocol::run(d).map_err(SuiteError::Failed)),
+    ("bloom", bloom::run),
 ];
 
 /// Names of all suites.
@@ -60,6 +73,8 @@ pub fn default_dir() -> PathBuf {
 #[derive(Debug)]
 pub struct Outcome {
     pub suites: Vec<(&'static str, Vec<CaseResult>)>,
+    /// Suites present but not runnable here, with why.
+    pub skipped: Vec<(&'static str, String)>,
 }
 
 impl Outcome {
@@ -99,7 +114,12 @@ impl Outcome {
                 )
             })
             .collect();
-        json!({ "passed": self.passed(), "failed": self.failed(), "suites": suites })
+        let skipped: serde_json::Map<String, serde_json::Value> = self
+            .skipped
+            .iter()
+            .map(|(n, why)| (n.to_string(), json!(why)))
+            .collect();
+        json!({ "passed": self.passed(), "failed": self.failed(), "suites": suites, "skipped": skipped })
     }
 }
 
@@ -127,21 +147,28 @@ pub fn run(dir: &Path, only: &[String]) -> Result<Outcome, String> {
         }
     }
     let mut suites = Vec::new();
+    let mut skipped = Vec::new();
     for (name, suite) in SUITES {
         let wanted = if only.is_empty() {
             dir.join(name).is_dir()
         } else {
             only.iter().any(|n| n == name)
         };
-        if wanted {
-            let cases = suite(dir).map_err(|e| format!("suite `{name}`: {e}"))?;
-            suites.push((*name, cases));
+        if !wanted {
+            continue;
+        }
+        match suite(dir) {
+            Ok(cases) => suites.push((*name, cases)),
+            Err(SuiteError::Unavailable(why)) if only.is_empty() => skipped.push((*name, why)),
+            Err(SuiteError::Unavailable(why) | SuiteError::Failed(why)) => {
+                return Err(format!("suite `{name}`: {why}"))
+            }
         }
     }
     if suites.is_empty() {
-        return Err(format!("{}: holds no known suite", dir.display()));
+        return Err(format!("{}: holds no runnable suite", dir.display()));
     }
-    Ok(Outcome { suites })
+    Ok(Outcome { suites, skipped })
 }
 
 /// Reads and parses a JSON file of the vector directory.

@@ -1,0 +1,5 @@
+//! The Confidant enclave: BLOOM on libtorch, and (with later modules) the NSM, key management, KMS
+//! unsealing and the server that answers attested, encrypted requests.
+
+pub mod model;
+pub mod rss;

@@ -1,0 +1,80 @@
+//! BLOOM on libtorch: configuration, weights, forward pass with a KV cache, tokenizer, generation and
+//! the model digest the enclave attests.
+
+pub mod bloom;
+pub mod cache;
+pub mod config;
+pub mod digest;
+pub mod generate;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use bloom::Bloom;
+pub use cache::KvCache;
+pub use config::BloomConfig;
+use tch::Kind;
+pub use weights::Weights;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Io(String),
+    #[error("config.json: {0}")]
+    Config(String),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("input: {0}")]
+    Input(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The dtype to run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn kind(self) -> Kind {
+        match self {
+            Dtype::F32 => Kind::Float,
+            Dtype::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// The files of a model directory.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl ModelFiles {
+    /// `config.json`, `model.safetensors` and `tokenizer.json` under `dir`.
+    pub fn in_dir(dir: &Path) -> ModelFiles {
+        ModelFiles {
+            config: dir.join("config.json"),
+            weights: dir.join("model.safetensors"),
+            tokenizer: dir.join("tokenizer.json"),
+        }
+    }
+}
+
+/// Loads config and weights from `dir` (no tokenizer needed) in `dtype`.
+pub fn load_model(dir: &Path, dtype: Dtype) -> Result<Bloom, ModelError> {
+    let files = ModelFiles::in_dir(dir);
+    let text = std::fs::read_to_string(&files.config)
+        .map_err(|e| ModelError::Io(format!("{}: {e}", files.config.display())))?;
+    let config = BloomConfig::from_json(&text)?;
+    let weights = Weights::load(&files.weights, dtype.kind())?;
+    Bloom::new(config, weights, dtype.kind())
+}
