@@ -1,5 +1,6 @@
 //! The Confidant enclave: BLOOM on libtorch, and (with later modules) the NSM, key management, KMS
 //! unsealing and the server that answers attested, encrypted requests.
 
+pub mod demo_model;
 pub mod model;
 pub mod rss;

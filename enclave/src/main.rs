@@ -37,6 +37,14 @@ enum Command {
     },
     /// Time prefill and decoding; prints one JSON object.
     Bench(bench_cmd::BenchArgs),
+    /// Write the local default's model: a BPE tokenizer trained on shipped text and a random-weight
+    /// BLOOM of matching vocabulary, deterministic from the seed.
+    DemoModel {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +56,18 @@ fn main() -> ExitCode {
             dtype,
         } => model_check::run(&model, &reference, dtype),
         Command::Bench(args) => bench_cmd::run(&args),
+        Command::DemoModel { out, seed } => {
+            let spec = confidant_enclave::demo_model::DemoSpec {
+                seed,
+                ..Default::default()
+            };
+            confidant_enclave::demo_model::write_demo_model(&out, spec)
+                .map(|()| {
+                    eprintln!("wrote the demo model to {}", out.display());
+                    0
+                })
+                .map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

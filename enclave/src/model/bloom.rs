@@ -99,7 +99,7 @@ pub struct Bloom {
     /// `[n_head]` slopes, f32.
     slopes: Tensor,
     /// Keeps zero-copy weights valid.
-    _weights: Weights,
+    weights: Weights,
 }
 
 impl std::fmt::Debug for Bloom {
@@ -166,8 +166,13 @@ impl Bloom {
             slopes,
             kind,
             config,
-            _weights: weights,
+            weights,
         })
+    }
+
+    /// Length and SHA-256 of the weights file as loaded.
+    pub fn weights_hash(&self) -> super::digest::FileHash {
+        self.weights.file_hash()
     }
 
     /// The dtype the model computes in.

@@ -8,6 +8,7 @@ pub mod digest;
 pub mod generate;
 pub mod tokenizer;
 pub mod weights;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,54 @@ impl ModelFiles {
             weights: dir.join("model.safetensors"),
             tokenizer: dir.join("tokenizer.json"),
         }
+    }
+}
+
+/// A model ready to serve: weights, tokenizer and the digest the enclave attests.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub model: Bloom,
+    pub tokenizer: tokenizer::Tokenizer,
+    /// `model` in the attestation `user_data`.
+    pub digest: [u8; 32],
+    /// End-of-sequence token, from the config (or the tokenizer's `</s>`).
+    pub eos: Option<i64>,
+}
+
+impl LoadedModel {
+    /// Loads config, tokenizer and weights from `dir`; the digest covers the bytes as loaded.
+    pub fn load(dir: &Path, dtype: Dtype) -> Result<LoadedModel, ModelError> {
+        let files = ModelFiles::in_dir(dir);
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| ModelError::Io(format!("{}: {e}", p.display())))
+        };
+        let config_bytes = read(&files.config)?;
+        let tokenizer_bytes = read(&files.tokenizer)?;
+        let text = std::str::from_utf8(&config_bytes)
+            .map_err(|_| ModelError::Config("not UTF-8".into()))?;
+        let config = BloomConfig::from_json(text)?;
+        let tokenizer = tokenizer::Tokenizer::from_bytes(&tokenizer_bytes)?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(ModelError::Tokenizer(format!(
+                "tokenizer has {} tokens, the model only {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let eos = config.eos_token_id.or_else(|| tokenizer.token_id("</s>"));
+        let weights = Weights::load(&files.weights, dtype.kind())?;
+        let digest = digest::model_digest(
+            digest::FileHash::of(&config_bytes),
+            digest::FileHash::of(&tokenizer_bytes),
+            weights.file_hash(),
+        );
+        let model = Bloom::new(config, weights, dtype.kind())?;
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            digest,
+            eos,
+        })
     }
 }
 

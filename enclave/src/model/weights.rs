@@ -15,6 +15,7 @@ use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
+use super::digest::FileHash;
 use super::ModelError;
 
 /// The mapping that zero-copy tensors point into; kept alive as long as the model.
@@ -29,6 +30,8 @@ unsafe impl Sync for Mapping {}
 #[derive(Debug)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
+    /// Length and SHA-256 of the file's bytes, taken over the mapping the tensors were built from.
+    file_hash: FileHash,
     /// Held so zero-copy tensors stay valid.
     _mapping: Arc<Mapping>,
 }
@@ -55,6 +58,8 @@ impl Weights {
         let mmap = unsafe { MmapOptions::new().map_copy(&file) }
             .map_err(|e| ModelError::Io(format!("{}: mmap: {e}", path.display())))?;
         let mapping = Arc::new(Mapping(mmap));
+        // Hash what is loaded, not what a second read of the file might return.
+        let file_hash = FileHash::of(&mapping.0);
         let base = mapping.0.as_ptr() as usize;
         let st = SafeTensors::deserialize(&mapping.0)
             .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
@@ -124,6 +129,7 @@ impl Weights {
         }
         Ok(Weights {
             tensors,
+            file_hash,
             _mapping: mapping,
         })
     }
@@ -141,6 +147,11 @@ impl Weights {
             )));
         }
         Ok(t.shallow_clone())
+    }
+
+    /// Length and SHA-256 of the weights file as loaded.
+    pub fn file_hash(&self) -> FileHash {
+        self.file_hash
     }
 
     /// Whether a tensor is present.
