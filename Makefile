@@ -16,7 +16,7 @@ CONFIDANT := target/release/confidant
 DEMO_DOC := test-vectors/attestation/real/veracruz-20221109T225200-prod.cose
 DEMO_PCR0 := 22f9e1c949208da55eb01b9b9fc88f87454f77ba133f0d82320b509621c92482152a99d0a12335b97178c02d6f977d01
 
-.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol vectors clean
+.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol bench-model vectors clean
 
 all: test
 
@@ -65,7 +65,7 @@ no-openssl:
 		echo "error: the client depends on OpenSSL"; exit 1; \
 	else echo "no OpenSSL in the client's dependency tree"; fi
 
-bench: bench-verifier bench-protocol
+bench: bench-verifier bench-protocol bench-model
 
 bench-verifier:
 	$(CARGO) bench -p confidant-verifier --bench verify
@@ -73,6 +73,12 @@ bench-verifier:
 
 bench-protocol:
 	$(CARGO) bench -p confidant-protocol --bench protocol
+
+# BLOOM against Hugging Face transformers on a random-weight bloom-560m (2.2 GB, made once in target/).
+bench-model: deps
+	$(VENV)/bin/pip install --quiet transformers
+	$(CARGO) build --release -p confidant-enclave
+	scripts/bench_model.sh
 
 # Regenerates the synthetic attestation vectors (new keys each time; commit the result).
 vectors:

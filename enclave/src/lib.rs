@@ -2,5 +2,10 @@
 //! unsealing and the server that answers attested, encrypted requests.
 
 pub mod demo_model;
+pub mod keys;
+pub mod listen;
+pub mod measure;
 pub mod model;
+pub mod nsm;
 pub mod rss;
+pub mod server;

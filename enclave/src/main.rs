@@ -10,6 +10,7 @@ use confidant_enclave::model::Dtype;
 
 mod bench_cmd;
 mod model_check;
+mod serve_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +38,26 @@ enum Command {
     },
     /// Time prefill and decoding; prints one JSON object.
     Bench(bench_cmd::BenchArgs),
+    /// Serve attested, encrypted questions.
+    Serve(serve_cmd::ServeArgs),
+    /// Make a development CA (root, intermediate) for --nsm emulated. Its root says it is not AWS.
+    DevCa {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print the PCRs the emulated NSM will report for this binary and model, as IDX=HEX lines.
+    Measure {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Print one JSON object (PCRs and the model digest).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running enclave for its health (counts only, nothing secret).
+    Health {
+        #[arg(long, value_name = "ENDPOINT")]
+        connect: confidant_protocol::endpoint::Endpoint,
+    },
     /// Write the local default's model: a BPE tokenizer trained on shipped text and a random-weight
     /// BLOOM of matching vocabulary, deterministic from the seed.
     DemoModel {
@@ -45,6 +66,82 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+}
+
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn measure_cmd(model: &std::path::Path, json: bool) -> Result<u8, String> {
+    use confidant_enclave::model::digest::{model_digest, FileHash};
+    let files = confidant_enclave::model::ModelFiles::in_dir(model);
+    let hash = |p: &std::path::Path| -> Result<FileHash, String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(FileHash::of(&bytes))
+    };
+    let digest = model_digest(
+        hash(&files.config)?,
+        hash(&files.tokenizer)?,
+        hash(&files.weights)?,
+    );
+    let pcrs = confidant_enclave::measure::this_binary_pcrs(&digest).map_err(|e| e.to_string())?;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = pcrs
+            .iter()
+            .map(|(i, v)| (i.to_string(), serde_json::json!(hex::encode(v))))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "pcrs": map, "model_digest": hex::encode(digest) })
+        );
+    } else {
+        for i in [0usize, 1, 2] {
+            println!("{i}={}", hex::encode(pcrs[&i]));
+        }
+    }
+    Ok(0)
+}
+
+fn health_cmd(endpoint: &confidant_protocol::endpoint::Endpoint) -> Result<u8, String> {
+    use confidant_protocol::frame::{Frame, FrameDecoder};
+    use std::io::{Read, Write};
+    let confidant_protocol::endpoint::Endpoint::Tcp(addr) = endpoint else {
+        return Err("health speaks TCP only (probe vsock through the relay's host)".into());
+    };
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        &Frame::Health {
+            status: String::new(),
+        }
+        .encode(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut dec = FrameDecoder::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the enclave closed the connection".into());
+        }
+        dec.push(&buf[..n]);
+        if let Some(frame) = dec.next_frame().map_err(|e| e.to_string())? {
+            return match frame {
+                Frame::Health { status } => {
+                    println!("{status}");
+                    Ok(0)
+                }
+                other => Err(format!("unexpected {} frame", other.name())),
+            };
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,6 +153,21 @@ fn main() -> ExitCode {
             dtype,
         } => model_check::run(&model, &reference, dtype),
         Command::Bench(args) => bench_cmd::run(&args),
+        Command::Serve(args) => {
+            init_logging();
+            serve_cmd::run(args)
+        }
+        Command::DevCa { out } => confidant_enclave::nsm::write_dev_ca(&out)
+            .map(|()| {
+                eprintln!(
+                    "wrote a development CA to {} (root.pem is what clients pass to --root)",
+                    out.display()
+                );
+                0
+            })
+            .map_err(|e| e.to_string()),
+        Command::Measure { model, json } => measure_cmd(&model, json),
+        Command::Health { connect } => health_cmd(&connect),
         Command::DemoModel { out, seed } => {
             let spec = confidant_enclave::demo_model::DemoSpec {
                 seed,

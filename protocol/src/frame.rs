@@ -9,6 +9,7 @@
 //! | 0x05 | `RESPONSE` | response nonce (starts a response to a `REQUEST`) |
 //! | 0x06 | `CHUNK` | flags (bit 0: final) ‖ sealed chunk |
 //! | 0x07 | `ERROR` | code length (u8) ‖ code (ASCII) ‖ message (UTF-8) |
+//! | 0x08 | `HEALTH` | empty (a probe) or UTF-8 JSON status (the answer: counts, never secrets) |
 
 use crate::error::ProtocolError;
 
@@ -25,6 +26,7 @@ pub const SESSION: u8 = 0x04;
 pub const RESPONSE: u8 = 0x05;
 pub const CHUNK: u8 = 0x06;
 pub const ERROR: u8 = 0x07;
+pub const HEALTH: u8 = 0x08;
 
 /// Flag bit of a `CHUNK` frame marking the last chunk of a response.
 pub const CHUNK_FINAL: u8 = 0x01;
@@ -56,6 +58,8 @@ pub enum Frame {
     Chunk { last: bool, sealed: Vec<u8> },
     /// A rejection.
     Error { code: String, message: String },
+    /// A health probe (empty) or its answer.
+    Health { status: String },
 }
 
 impl Frame {
@@ -69,6 +73,7 @@ impl Frame {
             Frame::Response { .. } => RESPONSE,
             Frame::Chunk { .. } => CHUNK,
             Frame::Error { .. } => ERROR,
+            Frame::Health { .. } => HEALTH,
         }
     }
 
@@ -123,6 +128,7 @@ impl Frame {
                 out.extend_from_slice(code);
                 out.extend_from_slice(message.as_bytes());
             }
+            Frame::Health { status } => out.extend_from_slice(status.as_bytes()),
         }
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
@@ -226,6 +232,10 @@ impl Frame {
                     message: String::from_utf8_lossy(message).into_owned(),
                 }
             }
+            HEALTH => Frame::Health {
+                status: String::from_utf8(body.to_vec())
+                    .map_err(|_| malformed("status is not UTF-8"))?,
+            },
             other => return Err(ProtocolError::UnknownFrame(other)),
         })
     }
@@ -249,6 +259,7 @@ pub fn type_name(ty: u8) -> &'static str {
         RESPONSE => "RESPONSE",
         CHUNK => "CHUNK",
         ERROR => "ERROR",
+        HEALTH => "HEALTH",
         _ => "unknown",
     }
 }

@@ -13,10 +13,12 @@
 mod aead;
 pub mod binding;
 pub mod chunks;
+pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod hpke_ops;
 pub mod keyconfig;
+pub mod message;
 pub mod replay;
 pub mod request;
 pub mod session;

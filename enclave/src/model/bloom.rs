@@ -68,10 +68,10 @@ struct Block {
     dense_4h_to_h: Linear,
 }
 
-/// BLOOM's GELU: `x · 0.5 · (1 + tanh(0.79788456 · x · (1 + 0.044715 · x²)))`.
+/// BLOOM's GELU, `x · 0.5 · (1 + tanh(0.79788456 · x · (1 + 0.044715 · x²)))`, is libtorch's fused
+/// tanh-approximate GELU (`√(2/π)` = 0.7978845608…): one kernel instead of seven during decoding.
 fn bloom_gelu(x: &Tensor) -> Tensor {
-    let inner = (x * 0.79788456) * (x * x * 0.044715 + 1.0);
-    x * 0.5 * (inner.tanh() + 1.0)
+    x.gelu("tanh")
 }
 
 /// ALiBi slopes for `n_head` heads, including head counts that are not a power of two.
