@@ -3,11 +3,16 @@
 //! Exit codes: 0 success (document valid, every conformance case passed), 1 rejection or failed case,
 //! 2 usage or I/O error.
 
+mod cache;
 mod conformance;
 mod input;
 mod policy_file;
+mod quic;
+mod remote;
+mod remote_cmd;
 mod roots;
 mod time_arg;
+mod trust;
 mod verify_cmd;
 
 use std::path::PathBuf;
@@ -49,6 +54,12 @@ enum Command {
     Verify(verify_cmd::VerifyArgs),
     /// Run the known-answer test suites over a directory of test vectors.
     Conformance(ConformanceArgs),
+    /// Fetch and verify the enclave's attestation (with a fresh nonce) and show what it commits to.
+    Attest(remote_cmd::AttestArgs),
+    /// Ask one question, end to end encrypted to the attested enclave; the answer streams to stdout.
+    Ask(remote_cmd::AskArgs),
+    /// Chat over one encrypted session (/reset starts over, /quit or Ctrl-D ends).
+    Chat(remote_cmd::ChatArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +107,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Verify(args) => verify_cmd::run(args),
         Command::Conformance(args) => conformance(args),
+        Command::Attest(args) => remote_cmd::attest(args),
+        Command::Ask(args) => remote_cmd::ask(args),
+        Command::Chat(args) => remote_cmd::chat(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -99,13 +99,21 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
+    /// Key ids start at a random even number each boot, so a client holding a previous boot's key
+    /// rarely finds an id that now names another key (and the binding check refuses it anyway).
     pub fn new(now_unix: u64, ttl_secs: u64, grace_secs: u64) -> KeyRing {
+        let mut b = [0u8; 1];
+        {
+            use hpke::rand_core::Rng;
+            system_rng().fill_bytes(&mut b);
+        }
+        let first = b[0] & !1;
         KeyRing {
-            current: Generation::new(0, now_unix, ttl_secs),
+            current: Generation::new(first, now_unix, ttl_secs),
             previous: None,
             ttl_secs,
             grace_secs,
-            next_id: 2,
+            next_id: first.wrapping_add(2),
         }
     }
 
@@ -136,6 +144,22 @@ impl KeyRing {
         self.previous.as_mut().filter(|p| p.holds(key_id))
     }
 
+    /// The generation of `key_id`, if the request's binding names a document it issued. Checked
+    /// before decrypting: cheap, and after a restart it tells a client its document is unknown here.
+    pub fn bound_generation(
+        &mut self,
+        key_id: u8,
+        attestation_sha256: &[u8; 32],
+    ) -> Result<&mut Generation, ProtocolError> {
+        let generation = self
+            .generation_for(key_id)
+            .ok_or(ProtocolError::UnknownKeyId(key_id))?;
+        if !generation.issued(attestation_sha256) {
+            return Err(ProtocolError::UnknownAttestation);
+        }
+        Ok(generation)
+    }
+
     /// Checks the binding and the replay cache for a request that decrypted under `key_id`.
     pub fn admit(
         &mut self,
@@ -143,13 +167,9 @@ impl KeyRing {
         attestation_sha256: &[u8; 32],
         enc: &[u8],
     ) -> Result<(), ProtocolError> {
-        let generation = self
-            .generation_for(key_id)
-            .ok_or(ProtocolError::UnknownKeyId(key_id))?;
-        if !generation.issued(attestation_sha256) {
-            return Err(ProtocolError::UnknownAttestation);
-        }
-        generation.replay.check_and_record(key_id, enc)
+        self.bound_generation(key_id, attestation_sha256)?
+            .replay
+            .check_and_record(key_id, enc)
     }
 
     /// Every key still honoured.

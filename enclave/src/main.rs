@@ -109,25 +109,38 @@ fn measure_cmd(model: &std::path::Path, json: bool) -> Result<u8, String> {
 }
 
 fn health_cmd(endpoint: &confidant_protocol::endpoint::Endpoint) -> Result<u8, String> {
+    use confidant_protocol::endpoint::Endpoint;
     use confidant_protocol::frame::{Frame, FrameDecoder};
     use std::io::{Read, Write};
-    let confidant_protocol::endpoint::Endpoint::Tcp(addr) = endpoint else {
-        return Err("health speaks TCP only (probe vsock through the relay's host)".into());
-    };
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        &Frame::Health {
-            status: String::new(),
+    let timeout = Some(std::time::Duration::from_secs(10));
+    let mut stream: Box<dyn ReadWrite> = match endpoint {
+        Endpoint::Tcp(addr) => {
+            let s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+            Box::new(s)
         }
-        .encode(),
-    )
-    .map_err(|e| e.to_string())?;
+        Endpoint::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+            Box::new(s)
+        }
+        Endpoint::Vsock { .. } => {
+            return Err("health speaks TCP and Unix sockets (probe vsock from the parent)".into())
+        }
+    };
+    stream
+        .write_all(
+            &Frame::Health {
+                status: String::new(),
+            }
+            .encode(),
+        )
+        .map_err(|e| e.to_string())?;
     let mut dec = FrameDecoder::default();
     let mut buf = [0u8; 4096];
     loop {
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("the enclave closed the connection".into());
         }
@@ -143,6 +156,9 @@ fn health_cmd(endpoint: &confidant_protocol::endpoint::Endpoint) -> Result<u8, S
         }
     }
 }
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

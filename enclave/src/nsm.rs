@@ -144,6 +144,8 @@ pub struct EmulatedNsm {
     pcrs: BTreeMap<usize, [u8; 48]>,
     module_id: String,
     leaf: Mutex<Option<(confidant_certs::dev_ca::Leaf, OffsetDateTime)>>,
+    /// Test only: documents claim to be this much older than they are.
+    backdate: time::Duration,
 }
 
 impl std::fmt::Debug for EmulatedNsm {
@@ -177,7 +179,14 @@ impl EmulatedNsm {
             pcrs,
             module_id: format!("i-emulated-enc{}", hex::encode(id)),
             leaf: Mutex::new(None),
+            backdate: time::Duration::ZERO,
         })
+    }
+
+    /// Test only: stamp documents `secs` in the past, to exercise clients' freshness checks.
+    pub fn backdated(mut self, secs: u64) -> EmulatedNsm {
+        self.backdate = time::Duration::seconds(secs as i64);
+        self
     }
 
     /// DER of the development root (what clients pin with `--root`).
@@ -229,7 +238,7 @@ impl Nsm for EmulatedNsm {
         let doc = AttestationDoc {
             module_id: self.module_id.clone(),
             digest: Digest::SHA384,
-            timestamp: (now.unix_timestamp_nanos() / 1_000_000) as u64,
+            timestamp: ((now - self.backdate).unix_timestamp_nanos() / 1_000_000) as u64,
             pcrs: self
                 .pcrs
                 .iter()

@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Requests waiting for the model before new ones are refused as busy.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// TEST ONLY (emulated NSM): stamp documents this many seconds in the past.
+    #[arg(long, hide = true, default_value_t = 0)]
+    backdate_documents_test_only: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<u8, String> {
@@ -67,7 +70,11 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
                 .ok_or("--nsm emulated needs --dev-ca DIR")?;
             let pcrs = measure::this_binary_pcrs(&digest)
                 .map_err(|e| format!("measuring this binary: {e}"))?;
-            Box::new(EmulatedNsm::load(dir, pcrs).map_err(|e| e.to_string())?)
+            Box::new(
+                EmulatedNsm::load(dir, pcrs)
+                    .map_err(|e| e.to_string())?
+                    .backdated(args.backdate_documents_test_only),
+            )
         }
     };
     let worker = Worker::spawn(model, args.queue, args.threads).map_err(|e| e.to_string())?;

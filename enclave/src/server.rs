@@ -395,9 +395,7 @@ async fn request<W: AsyncWrite + Unpin>(
     let server = {
         let mut keys = enclave.keys();
         keys.rotate_if_due(now_unix());
-        let generation = keys
-            .generation_for(key_id)
-            .ok_or(ProtocolError::UnknownKeyId(key_id))?;
+        let generation = keys.bound_generation(key_id, &binding)?;
         let server = decapsulate(&generation.keys, &binding, encapsulated, &CONFIDANT_LABELS)?;
         keys.admit(key_id, &binding, server.enc())?;
         server

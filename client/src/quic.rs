@@ -1,0 +1,171 @@
+//! The QUIC connection to the relay (ALPN `confidant/1`), and one exchange per bidirectional stream.
+
+use std::net::ToSocketAddrs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confidant_protocol::frame::{Frame, FrameDecoder};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::remote::RemoteError;
+
+pub const ALPN: &[u8] = b"confidant/1";
+
+/// A connection to the relay.
+pub struct Relay {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("remote", &self.conn.remote_address())
+            .finish()
+    }
+}
+
+fn roots(relay_ca: Option<&Path>) -> Result<rustls::RootCertStore, RemoteError> {
+    let mut store = rustls::RootCertStore::empty();
+    match relay_ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| RemoteError::Setup(format!("{}: {e}", path.display())))?
+            {
+                let cert =
+                    cert.map_err(|e| RemoteError::Setup(format!("{}: {e}", path.display())))?;
+                store
+                    .add(cert)
+                    .map_err(|e| RemoteError::Setup(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(cert);
+            }
+        }
+    }
+    if store.is_empty() {
+        return Err(RemoteError::Setup(
+            "no CA certificate to check the relay with (give --relay-ca)".into(),
+        ));
+    }
+    Ok(store)
+}
+
+impl Relay {
+    pub async fn connect(relay: &str, relay_ca: Option<&Path>) -> Result<Relay, RemoteError> {
+        let (host, _) = relay
+            .rsplit_once(':')
+            .ok_or_else(|| RemoteError::Setup(format!("--relay {relay:?}: expected HOST:PORT")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = relay
+            .to_socket_addrs()
+            .map_err(|e| RemoteError::Connect(format!("{relay}: {e}")))?
+            .next()
+            .ok_or_else(|| RemoteError::Connect(format!("{relay}: no address")))?;
+        let mut crypto = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RemoteError::Setup(e.to_string()))?
+        .with_root_certificates(roots(relay_ca)?)
+        .with_no_client_auth();
+        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        let mut config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .map_err(|e| RemoteError::Setup(e.to_string()))?,
+        ));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .stream_receive_window((4u32 << 20).into())
+            .receive_window((16u32 << 20).into())
+            .max_idle_timeout(Some(
+                Duration::from_secs(60)
+                    .try_into()
+                    .map_err(|_| RemoteError::Setup("timeout".into()))?,
+            ))
+            .keep_alive_interval(Some(Duration::from_secs(10)));
+        config.transport_config(Arc::new(transport));
+        let bind: std::net::SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|_| RemoteError::Setup("bind".into()))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| RemoteError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(addr, host)
+            .map_err(|e| RemoteError::Connect(format!("{relay}: {e}")))?
+            .await
+            .map_err(|e| RemoteError::Connect(format!("{relay}: {e}")))?;
+        Ok(Relay {
+            conn,
+            _endpoint: endpoint,
+        })
+    }
+
+    /// Sends `frame` on a fresh stream and returns a reader of the reply frames.
+    pub async fn exchange(&self, frame: &Frame) -> Result<FrameReader, RemoteError> {
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| RemoteError::Connect(e.to_string()))?;
+        send.write_all(&frame.encode())
+            .await
+            .map_err(|e| RemoteError::Connect(e.to_string()))?;
+        send.finish()
+            .map_err(|e| RemoteError::Connect(e.to_string()))?;
+        Ok(FrameReader {
+            recv,
+            decoder: FrameDecoder::default(),
+            buf: vec![0u8; 16 * 1024],
+            eof: false,
+        })
+    }
+
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+}
+
+/// Frames arriving on one stream.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl FrameReader {
+    /// The next frame; `None` at a clean end of stream. A stream cut inside a frame is an error.
+    pub async fn next(&mut self) -> Result<Option<Frame>, RemoteError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.eof {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+            match tokio::time::timeout(Duration::from_secs(120), self.recv.read(&mut self.buf))
+                .await
+            {
+                Err(_) => {
+                    return Err(RemoteError::Connect(
+                        "no data from the enclave for 120 s".into(),
+                    ))
+                }
+                Ok(Err(e)) => return Err(RemoteError::Connect(format!("stream failed: {e}"))),
+                Ok(Ok(None)) => self.eof = true,
+                Ok(Ok(Some(n))) => self.decoder.push(&self.buf[..n]),
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Talking to the enclave through the relay: attest, ask, and chat turns. Nothing is sent before a
+//! document verifies; an answer is complete only when its final chunk authenticates.
+
+use std::io::Write;
+
+use confidant_protocol::chunks::ChunkOpener;
+use confidant_protocol::frame::Frame;
+use confidant_protocol::message::{Ask, Trailer};
+use confidant_protocol::request::{encapsulate, ClientRequest, CONFIDANT_LABELS};
+use confidant_protocol::session::ClientSession;
+use confidant_protocol::{system_rng, ProtocolError, Recipient};
+use confidant_verifier::{Verified, VerifyAt};
+
+use crate::quic::{FrameReader, Relay};
+use crate::trust::Trust;
+
+/// Why a remote command failed. `code()` is what scripts and tests match.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot reach the relay: {0}")]
+    Connect(String),
+    #[error("attestation rejected: {0}")]
+    Attestation(confidant_verifier::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the enclave refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+    #[error("the stream ended before {0}")]
+    Ended(&'static str),
+}
+
+impl RemoteError {
+    pub fn code(&self) -> String {
+        match self {
+            RemoteError::Setup(_) => "setup".into(),
+            RemoteError::Connect(_) => "connect".into(),
+            RemoteError::Attestation(e) => format!("attestation_{}", e.code()),
+            RemoteError::Protocol(e) => e.code().into(),
+            RemoteError::Refused { code, .. } => code.clone(),
+            RemoteError::Unexpected(_) => "unexpected_frame".into(),
+            RemoteError::Ended(_) => "truncated_response".into(),
+        }
+    }
+
+    /// Whether re-attesting may help (the enclave restarted or rotated its keys).
+    pub fn wants_fresh_keys(&self) -> bool {
+        matches!(
+            self.code().as_str(),
+            "unknown_key_id" | "unknown_attestation" | "keys_expired" | "key_exhausted"
+        )
+    }
+}
+
+fn refused(frame: Frame) -> RemoteError {
+    match frame {
+        Frame::Error { code, message } => RemoteError::Refused { code, message },
+        other => RemoteError::Unexpected(other.name()),
+    }
+}
+
+/// A verified enclave: the document, what it commits to, and the key to encrypt to.
+#[derive(Debug, Clone)]
+pub struct Attested {
+    pub document: Vec<u8>,
+    pub key_configs: Vec<u8>,
+    pub verified: Verified,
+    pub recipient: Recipient,
+}
+
+pub fn now_ms() -> u64 {
+    crate::time_arg::now_ms()
+}
+
+/// Fetches a fresh document (with our nonce) and verifies it and its key configs.
+pub async fn attest(relay: &Relay, trust: &Trust) -> Result<Attested, RemoteError> {
+    let mut nonce = [0u8; 32];
+    {
+        use hpke::rand_core::Rng;
+        system_rng().fill_bytes(&mut nonce);
+    }
+    let mut reader = relay
+        .exchange(&Frame::Attest { nonce: Some(nonce) })
+        .await?;
+    let (document, key_configs) = match reader.next().await? {
+        Some(Frame::Attestation {
+            document,
+            key_configs,
+        }) => (document, key_configs),
+        Some(other) => return Err(refused(other)),
+        None => return Err(RemoteError::Ended("an attestation document")),
+    };
+    let mut policy = trust.policy.clone();
+    policy.nonce = Some(nonce.to_vec());
+    check(trust, &policy, document, key_configs)
+}
+
+/// Verifies a document (fresh or cached) under `policy` and binds the key configs.
+pub fn check(
+    trust: &Trust,
+    policy: &confidant_verifier::Policy,
+    document: Vec<u8>,
+    key_configs: Vec<u8>,
+) -> Result<Attested, RemoteError> {
+    let now = now_ms();
+    let verified = trust
+        .verifier
+        .verify(&document, policy, VerifyAt::Instant(now))
+        .map_err(RemoteError::Attestation)?;
+    let recipient =
+        Recipient::from_attestation(&verified, &key_configs, &trust.expectations(now / 1000))?;
+    Ok(Attested {
+        document,
+        key_configs,
+        verified,
+        recipient,
+    })
+}
+
+/// How an answer went, for the caller to print.
+#[derive(Debug)]
+pub struct Answer {
+    pub text: String,
+    pub trailer: Trailer,
+}
+
+/// Reads chunks until the final one, passing text to `out` as it arrives.
+async fn read_chunks(
+    reader: &mut FrameReader,
+    opener: &mut ChunkOpener,
+    out: &mut dyn FnMut(&str),
+) -> Result<Answer, RemoteError> {
+    let mut text = String::new();
+    loop {
+        match reader.next().await? {
+            Some(Frame::Chunk {
+                last: false,
+                sealed,
+            }) => {
+                let piece = opener.open(&sealed, false)?;
+                let piece = std::str::from_utf8(&piece).map_err(|_| RemoteError::Refused {
+                    code: "bad_chunk".into(),
+                    message: "answer text is not UTF-8".into(),
+                })?;
+                out(piece);
+                text.push_str(piece);
+            }
+            Some(Frame::Chunk { last: true, sealed }) => {
+                let trailer = opener.open(&sealed, true)?;
+                let trailer = Trailer::from_bytes(&trailer).map_err(|e| RemoteError::Refused {
+                    code: "bad_trailer".into(),
+                    message: e,
+                })?;
+                // Nothing may follow the final chunk.
+                if let Some(frame) = reader.next().await? {
+                    return Err(match frame {
+                        Frame::Chunk { .. } => ProtocolError::TrailingChunk.into(),
+                        other => refused(other),
+                    });
+                }
+                return Ok(Answer { text, trailer });
+            }
+            Some(other) => return Err(refused(other)),
+            None => {
+                opener.finish()?;
+                return Err(RemoteError::Ended("the final chunk"));
+            }
+        }
+    }
+}
+
+/// Sends `ask` as a `REQUEST` and streams the answer; returns the state for follow-up turns.
+pub async fn ask(
+    relay: &Relay,
+    attested: &Attested,
+    ask: &Ask,
+    out: &mut dyn FnMut(&str),
+) -> Result<(Answer, ClientRequest), RemoteError> {
+    let r = &attested.recipient;
+    let (encapsulated, client) = encapsulate(
+        &r.config,
+        r.suite,
+        &r.attestation_sha256,
+        &ask.to_bytes(),
+        &CONFIDANT_LABELS,
+        &mut system_rng(),
+    )?;
+    let mut reader = relay
+        .exchange(&Frame::Request {
+            attestation_sha256: r.attestation_sha256,
+            encapsulated,
+        })
+        .await?;
+    let nonce = match reader.next().await? {
+        Some(Frame::Response { nonce }) => nonce,
+        Some(other) => return Err(refused(other)),
+        None => return Err(RemoteError::Ended("the response began")),
+    };
+    let mut opener = client.response_opener(&nonce)?;
+    let answer = read_chunks(&mut reader, &mut opener, out).await?;
+    Ok((answer, client))
+}
+
+/// One follow-up turn of a session.
+pub async fn turn(
+    relay: &Relay,
+    session: &mut ClientSession,
+    ask: &Ask,
+    out: &mut dyn FnMut(&str),
+) -> Result<Answer, RemoteError> {
+    let (seq, frame) = session.seal_turn(&ask.to_bytes());
+    let mut reader = relay.exchange(&frame).await?;
+    let mut opener = session.reply_opener(seq);
+    read_chunks(&mut reader, &mut opener, out).await
+}
+
+/// Writes a piece of the answer to stdout immediately.
+pub fn stdout_sink() -> impl FnMut(&str) {
+    |piece: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    }
+}

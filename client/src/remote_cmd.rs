@@ -1,0 +1,364 @@
+//! `confidant attest`, `ask` and `chat`.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use confidant_protocol::keyconfig::decode_list;
+use confidant_protocol::message::Ask;
+use confidant_protocol::session::ClientSession;
+use serde_json::json;
+
+use crate::quic::Relay;
+use crate::remote::{self, Attested, RemoteError};
+use crate::time_arg::{format_ms, format_secs};
+use crate::trust::{Trust, TrustArgs};
+use crate::{cache, exit, CliError};
+
+#[derive(Debug, clap::Args)]
+pub struct AttestArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Save the document (raw COSE) for `confidant verify`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerationArgs {
+    /// Most tokens in the answer.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Sampling temperature (0: greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Sampling seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl GenerationArgs {
+    fn ask(&self, prompt: String) -> Ask {
+        Ask {
+            prompt,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: None,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    /// Print one JSON object at the end instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// The question, or `-` to read it from stdin.
+    #[arg(value_name = "QUESTION")]
+    question: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    generation: GenerationArgs,
+}
+
+fn progress(message: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("\u{2026} {message}");
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(e.to_string()))
+}
+
+/// Maps a remote failure to the exit status and the message on stderr.
+fn fail(e: RemoteError) -> Result<i32, CliError> {
+    match &e {
+        RemoteError::Setup(m) => Err(CliError::Usage(m.clone())),
+        RemoteError::Connect(m) => Err(CliError::Io(m.clone())),
+        RemoteError::Attestation(a) => {
+            eprintln!("rejected: {}: {}", a.code(), a.detail());
+            Ok(exit::REJECTED)
+        }
+        _ => {
+            eprintln!("error: {}: {e}", e.code());
+            Ok(exit::REJECTED)
+        }
+    }
+}
+
+/// The cached attestation if it still holds, else a fresh one (cached for next time).
+async fn attested(
+    relay: &Relay,
+    args: &TrustArgs,
+    trust: &Trust,
+    fresh: bool,
+) -> Result<Attested, RemoteError> {
+    if !fresh {
+        if let Some(a) = cache::load(&args.relay, trust) {
+            return Ok(a);
+        }
+    }
+    progress("verifying the enclave's attestation");
+    let a = remote::attest(relay, trust).await?;
+    cache::store(&args.relay, &a);
+    Ok(a)
+}
+
+pub fn attest(args: &AttestArgs) -> Result<i32, CliError> {
+    let trust = args.trust.build()?;
+    runtime()?.block_on(async {
+        progress("connecting to the relay");
+        let relay = match Relay::connect(&args.trust.relay, args.trust.relay_ca.as_deref()).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let attested = match attested(&relay, &args.trust, &trust, true).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        relay.close();
+        if let Some(path) = &args.out {
+            std::fs::write(path, &attested.document)
+                .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+        }
+        let summary = summary_json(&attested);
+        if args.json {
+            println!("{summary}");
+        } else {
+            print!("{}", summary_text(&summary));
+        }
+        Ok(exit::VALID)
+    })
+}
+
+fn summary_json(a: &Attested) -> serde_json::Value {
+    let doc = a.verified.doc();
+    let ud = &a.recipient.user_data;
+    let configs = decode_list(&a.key_configs).unwrap_or_default();
+    json!({
+        "module_id": doc.module_id,
+        "timestamp_ms": doc.timestamp,
+        "document_sha256": hex::encode(a.verified.document_sha256()),
+        "pcrs": doc.pcrs.iter().map(|(i, v)| (i.to_string(), json!(hex::encode(v)))).collect::<serde_json::Map<_, _>>(),
+        "model_digest": hex::encode(ud.model),
+        "settings_digest": ud.settings.map(hex::encode),
+        "keys_expire": ud.exp,
+        "key_configs": configs.iter().map(|c| json!({
+            "key_id": c.key_id, "kem": c.kem.name(), "aeads": c.aeads.iter().map(|x| x.name()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "suite": format!("{} + {}", a.recipient.suite.kem.name(), a.recipient.suite.aead.name()),
+    })
+}
+
+fn summary_text(s: &serde_json::Value) -> String {
+    let mut out = String::from("attested enclave (document verified, key configs bound)\n");
+    out.push_str(&format!(
+        "  module     {}\n",
+        s["module_id"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!(
+        "  time       {}\n",
+        format_ms(s["timestamp_ms"].as_u64().unwrap_or(0))
+    ));
+    for i in ["0", "1", "2"] {
+        if let Some(v) = s["pcrs"][i].as_str() {
+            out.push_str(&format!("  PCR{i}       {v}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "  model      {}\n",
+        s["model_digest"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!(
+        "  settings   {}\n",
+        s["settings_digest"].as_str().unwrap_or("none")
+    ));
+    for k in s["key_configs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  key {:<6} {} ({})\n",
+            k["key_id"],
+            k["kem"].as_str().unwrap_or(""),
+            k["aeads"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "  expires    {}\n",
+        format_secs(s["keys_expire"].as_i64().unwrap_or(0))
+    ));
+    out.push_str(&format!(
+        "  using      {}\n",
+        s["suite"].as_str().unwrap_or("")
+    ));
+    out
+}
+
+pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
+    let question = if args.question == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::Io(format!("stdin: {e}")))?;
+        s
+    } else {
+        args.question.clone()
+    };
+    if question.trim().is_empty() {
+        return Err(CliError::Usage("the question is empty".into()));
+    }
+    let trust = args.trust.build()?;
+    let request = args.generation.ask(question);
+    runtime()?.block_on(async {
+        progress("connecting to the relay");
+        let relay = match Relay::connect(&args.trust.relay, args.trust.relay_ca.as_deref()).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let mut fresh = false;
+        loop {
+            let attested = match attested(&relay, &args.trust, &trust, fresh).await {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            progress("waiting for the first token");
+            let mut sink = remote::stdout_sink();
+            let mut quiet = |_: &str| {};
+            let out: &mut dyn FnMut(&str) = if args.json { &mut quiet } else { &mut sink };
+            match remote::ask(&relay, &attested, &request, out).await {
+                Ok((answer, _)) => {
+                    relay.close();
+                    if args.json {
+                        println!(
+                            "{}",
+                            json!({
+                                "answer": answer.text,
+                                "finish": answer.trailer.finish,
+                                "prompt_tokens": answer.trailer.prompt_tokens,
+                                "generated_tokens": answer.trailer.generated_tokens,
+                                "model_digest": hex::encode(attested.recipient.user_data.model),
+                                "module_id": attested.verified.doc().module_id,
+                            })
+                        );
+                    } else {
+                        println!();
+                    }
+                    return Ok(exit::VALID);
+                }
+                // Keys rotated or the enclave restarted: attest once more and retry.
+                Err(e) if e.wants_fresh_keys() && !fresh => {
+                    cache::forget(&args.trust.relay);
+                    fresh = true;
+                }
+                Err(e) => {
+                    if !args.json {
+                        println!();
+                    }
+                    return fail(e);
+                }
+            }
+        }
+    })
+}
+
+pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
+    let trust = args.trust.build()?;
+    let interactive = std::io::stdin().is_terminal();
+    runtime()?.block_on(async {
+        progress("connecting to the relay");
+        let relay = match Relay::connect(&args.trust.relay, args.trust.relay_ca.as_deref()).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let mut attested_now = match attested(&relay, &args.trust, &trust, false).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        if interactive {
+            eprintln!(
+                "chatting with {} (/reset starts over, /quit or Ctrl-D ends)",
+                attested_now.verified.doc().module_id
+            );
+        }
+        let mut session: Option<ClientSession> = None;
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("you> ");
+                let _ = std::io::stderr().flush();
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line.map_err(|e| CliError::Io(format!("stdin: {e}")))?;
+            match line.trim() {
+                "" => continue,
+                "/quit" => break,
+                "/reset" => {
+                    session = None;
+                    continue;
+                }
+                _ => {}
+            }
+            let request = args.generation.ask(line);
+            let mut sink = remote::stdout_sink();
+            let result = match session.as_mut() {
+                Some(s) => remote::turn(&relay, s, &request, &mut sink)
+                    .await
+                    .map(|a| (a, None)),
+                None => {
+                    let mut r = remote::ask(&relay, &attested_now, &request, &mut sink).await;
+                    if matches!(&r, Err(e) if e.wants_fresh_keys()) {
+                        cache::forget(&args.trust.relay);
+                        match attested(&relay, &args.trust, &trust, true).await {
+                            Ok(a) => attested_now = a,
+                            Err(e) => return fail(e),
+                        }
+                        r = remote::ask(&relay, &attested_now, &request, &mut sink).await;
+                    }
+                    r.map(|(a, client)| (a, Some(client.into_session())))
+                }
+            };
+            println!();
+            match result {
+                Ok((_, Some(new_session))) => session = Some(new_session),
+                Ok((_, None)) => {}
+                Err(e) => {
+                    // The conversation's state is gone with the failed turn; the next line starts over.
+                    session = None;
+                    eprintln!("error: {}: {e}", e.code());
+                    if !interactive {
+                        relay.close();
+                        return Ok(exit::REJECTED);
+                    }
+                }
+            }
+        }
+        relay.close();
+        Ok(exit::VALID)
+    })
+}
