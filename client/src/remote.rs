@@ -125,6 +125,9 @@ pub fn check(
 pub struct Answer {
     pub text: String,
     pub trailer: Trailer,
+    /// From sending the question to the first text chunk, and to the final chunk.
+    pub first_chunk: Option<std::time::Duration>,
+    pub total: std::time::Duration,
 }
 
 /// Reads chunks until the final one, passing text to `out` as it arrives.
@@ -132,8 +135,10 @@ async fn read_chunks(
     reader: &mut FrameReader,
     opener: &mut ChunkOpener,
     out: &mut dyn FnMut(&str),
+    sent: std::time::Instant,
 ) -> Result<Answer, RemoteError> {
     let mut text = String::new();
+    let mut first_chunk = None;
     loop {
         match reader.next().await? {
             Some(Frame::Chunk {
@@ -147,6 +152,7 @@ async fn read_chunks(
                 })?;
                 out(piece);
                 text.push_str(piece);
+                first_chunk.get_or_insert_with(|| sent.elapsed());
             }
             Some(Frame::Chunk { last: true, sealed }) => {
                 let trailer = opener.open(&sealed, true)?;
@@ -161,7 +167,12 @@ async fn read_chunks(
                         other => refused(other),
                     });
                 }
-                return Ok(Answer { text, trailer });
+                return Ok(Answer {
+                    text,
+                    trailer,
+                    first_chunk,
+                    total: sent.elapsed(),
+                });
             }
             Some(other) => return Err(refused(other)),
             None => {
@@ -188,6 +199,7 @@ pub async fn ask(
         &CONFIDANT_LABELS,
         &mut system_rng(),
     )?;
+    let sent = std::time::Instant::now();
     let mut reader = relay
         .exchange(&Frame::Request {
             attestation_sha256: r.attestation_sha256,
@@ -200,7 +212,7 @@ pub async fn ask(
         None => return Err(RemoteError::Ended("the response began")),
     };
     let mut opener = client.response_opener(&nonce)?;
-    let answer = read_chunks(&mut reader, &mut opener, out).await?;
+    let answer = read_chunks(&mut reader, &mut opener, out, sent).await?;
     Ok((answer, client))
 }
 
@@ -212,9 +224,10 @@ pub async fn turn(
     out: &mut dyn FnMut(&str),
 ) -> Result<Answer, RemoteError> {
     let (seq, frame) = session.seal_turn(&ask.to_bytes());
+    let sent = std::time::Instant::now();
     let mut reader = relay.exchange(&frame).await?;
     let mut opener = session.reply_opener(seq);
-    read_chunks(&mut reader, &mut opener, out).await
+    read_chunks(&mut reader, &mut opener, out, sent).await
 }
 
 /// Writes a piece of the answer to stdout immediately.

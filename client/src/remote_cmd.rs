@@ -263,6 +263,8 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
                                 "generated_tokens": answer.trailer.generated_tokens,
                                 "model_digest": hex::encode(attested.recipient.user_data.model),
                                 "module_id": attested.verified.doc().module_id,
+                                "first_chunk_ms": answer.first_chunk.map(|d| d.as_secs_f64() * 1e3),
+                                "total_ms": answer.total.as_secs_f64() * 1e3,
                             })
                         );
                     } else {

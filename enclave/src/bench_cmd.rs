@@ -123,3 +123,75 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     println!("{out}");
     Ok(0)
 }
+
+/// `bench-generate`: the in-process baseline for the end-to-end overhead: the same prompt formatting,
+/// generation and streaming callback the server uses, without encryption or transport.
+#[derive(Debug, clap::Args)]
+pub struct GenerateBenchArgs {
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long = "new", default_value_t = 32)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 20)]
+    repeat: usize,
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+pub fn run_generate(args: &GenerateBenchArgs) -> Result<u8, String> {
+    use confidant_enclave::model::generate::{generate, Conversation, GenerateParams};
+    use confidant_enclave::model::LoadedModel;
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
+    let m = LoadedModel::load(&args.model, Dtype::F32).map_err(|e| e.to_string())?;
+    let params = GenerateParams {
+        max_new_tokens: args.new_tokens,
+        stop: vec!["\nUser:".into()],
+        ..Default::default()
+    };
+    let mut firsts = Vec::new();
+    let mut totals = Vec::new();
+    let mut tokens = 0;
+    for _ in 0..args.repeat.max(1) {
+        let t = Instant::now();
+        let ids = m
+            .tokenizer
+            .encode(&format!("User: {}\nAssistant:", args.prompt))
+            .map_err(|e| e.to_string())?;
+        let mut conv = Conversation::new(&m.model);
+        let mut first = None;
+        let out = generate(
+            &m.model,
+            &m.tokenizer,
+            &mut conv,
+            &ids,
+            &params,
+            m.eos,
+            &mut |_| {
+                first.get_or_insert_with(|| t.elapsed().as_secs_f64() * 1e3);
+                true
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        tokens = out.generated_tokens.len();
+        firsts.push(first.unwrap_or(f64::NAN));
+        totals.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{}",
+        json!({
+            "first_chunk_ms": median(&mut firsts),
+            "total_ms": median(&mut totals),
+            "generated_tokens": tokens,
+            "repeat": args.repeat,
+        })
+    );
+    Ok(0)
+}

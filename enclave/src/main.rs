@@ -38,6 +38,9 @@ enum Command {
     },
     /// Time prefill and decoding; prints one JSON object.
     Bench(bench_cmd::BenchArgs),
+    /// Time a whole answer in process (the baseline of the end-to-end overhead); one JSON object.
+    #[command(hide = true)]
+    BenchGenerate(bench_cmd::GenerateBenchArgs),
     /// Serve attested, encrypted questions.
     Serve(serve_cmd::ServeArgs),
     /// Make a development CA (root, intermediate) for --nsm emulated. Its root says it is not AWS.
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
             dtype,
         } => model_check::run(&model, &reference, dtype),
         Command::Bench(args) => bench_cmd::run(&args),
+        Command::BenchGenerate(args) => bench_cmd::run_generate(&args),
         Command::Serve(args) => {
             init_logging();
             serve_cmd::run(args)
