@@ -4,7 +4,7 @@
 //! encoded with definite lengths in that key order. Decoding is strict: unknown or duplicate keys,
 //! wrong types or sizes, and trailing bytes are errors.
 
-use confidant_verifier::cbor::{Item, Reader};
+use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
 use sha2::{Digest, Sha256};
 
 use crate::error::ProtocolError;
@@ -30,52 +30,23 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn text(out: &mut Vec<u8>, s: &str) {
-    out.push(0x60 | s.len() as u8); // keys are < 24 bytes
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn bstr32(out: &mut Vec<u8>, b: &[u8; 32]) {
-    out.extend_from_slice(&[0x58, 32]);
-    out.extend_from_slice(b);
-}
-
-fn uint(out: &mut Vec<u8>, n: u64) {
-    match n {
-        0..=23 => out.push(n as u8),
-        24..=0xff => out.extend_from_slice(&[0x18, n as u8]),
-        0x100..=0xffff => {
-            out.push(0x19);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(0x1a);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0x1b);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
 impl UserData {
     /// The CBOR encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
-        out.push(0xa0 | if self.settings.is_some() { 5 } else { 4 });
-        text(&mut out, "v");
-        uint(&mut out, VERSION);
-        text(&mut out, "kc");
-        bstr32(&mut out, &self.kc);
-        text(&mut out, "model");
-        bstr32(&mut out, &self.model);
+        write_head(&mut out, 5, if self.settings.is_some() { 5 } else { 4 });
+        write_text(&mut out, "v");
+        write_head(&mut out, 0, VERSION);
+        write_text(&mut out, "kc");
+        write_bytes(&mut out, &self.kc);
+        write_text(&mut out, "model");
+        write_bytes(&mut out, &self.model);
         if let Some(s) = &self.settings {
-            text(&mut out, "settings");
-            bstr32(&mut out, s);
+            write_text(&mut out, "settings");
+            write_bytes(&mut out, s);
         }
-        text(&mut out, "exp");
-        uint(&mut out, self.exp);
+        write_text(&mut out, "exp");
+        write_head(&mut out, 0, self.exp);
         out
     }
 

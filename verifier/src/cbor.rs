@@ -147,6 +147,39 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Appends a CBOR head (major type and argument) in shortest form.
+pub fn write_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// Appends a byte string.
+pub fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_head(out, 2, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a text string.
+pub fn write_text(out: &mut Vec<u8>, text: &str) {
+    write_head(out, 3, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +197,23 @@ mod tests {
         assert_eq!(r.read(), Ok(Item::Bool(true)));
         assert_eq!(r.remaining(), 0);
         assert!(r.read().unwrap_err().starts_with("truncated"));
+    }
+
+    #[test]
+    fn written_items_read_back() {
+        let mut out = Vec::new();
+        for n in [0u64, 23, 24, 255, 256, 65_535, 65_536, 1 << 32] {
+            write_head(&mut out, 0, n);
+        }
+        write_bytes(&mut out, &[7; 300]);
+        write_text(&mut out, "kc");
+        let mut r = Reader::new(&out);
+        for n in [0u64, 23, 24, 255, 256, 65_535, 65_536, 1 << 32] {
+            assert_eq!(r.read(), Ok(Item::Uint(n)));
+        }
+        assert_eq!(r.read(), Ok(Item::Bytes(&[7; 300])));
+        assert_eq!(r.read(), Ok(Item::Text("kc")));
+        assert_eq!(r.remaining(), 0);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 use aws_nitro_enclaves_nsm_api::api::AttestationDoc;
 use ciborium::Value;
 
-use crate::signature::{push_bstr, sig_structure};
+use crate::cbor::{write_bytes, write_head};
+use crate::signature::sig_structure;
 
 /// The protected header `{1: -35}`.
 pub const PROTECTED_ES384: [u8; 4] = [0xa1, 0x01, 0x38, 0x22];
@@ -65,7 +66,7 @@ pub fn encode_map(entries: &[(Value, Value)], indefinite: bool) -> Vec<u8> {
     if indefinite {
         out.push(0xbf);
     } else {
-        push_head(&mut out, 5, entries.len() as u64);
+        write_head(&mut out, 5, entries.len() as u64);
     }
     for (k, v) in entries {
         encode_value(k, &mut out);
@@ -82,26 +83,6 @@ pub fn encode_value(value: &Value, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail, and every Value we build is serializable.
     if ciborium::into_writer(value, &mut *out).is_err() {
         unreachable!("CBOR encoding into a Vec failed");
-    }
-}
-
-fn push_head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
     }
 }
 
@@ -127,10 +108,10 @@ pub fn cose_sign1(protected: &[u8], payload: &[u8], signature: &[u8], tagged: bo
         out.push(0xd2); // tag 18
     }
     out.push(0x84);
-    push_bstr(&mut out, protected);
+    write_bytes(&mut out, protected);
     out.push(0xa0);
-    push_bstr(&mut out, payload);
-    push_bstr(&mut out, signature);
+    write_bytes(&mut out, payload);
+    write_bytes(&mut out, signature);
     out
 }
 

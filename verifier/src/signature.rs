@@ -63,32 +63,10 @@ pub fn sig_structure(protected: &[u8], payload: &[u8]) -> Vec<u8> {
     out.push(0x84); // array of 4
     out.push(0x6a); // text of 10
     out.extend_from_slice(b"Signature1");
-    push_bstr(&mut out, protected);
+    crate::cbor::write_bytes(&mut out, protected);
     out.push(0x40); // empty external_aad
-    push_bstr(&mut out, payload);
+    crate::cbor::write_bytes(&mut out, payload);
     out
-}
-
-/// Appends a byte string with its CBOR head in shortest form.
-pub(crate) fn push_bstr(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = bytes.len() as u64;
-    match len {
-        0..=23 => out.push(0x40 | len as u8),
-        24..=0xff => out.extend_from_slice(&[0x58, len as u8]),
-        0x100..=0xffff => {
-            out.push(0x59);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(0x5a);
-            out.extend_from_slice(&(len as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0x5b);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(bytes);
 }
 
 #[cfg(test)]
