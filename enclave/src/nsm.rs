@@ -260,3 +260,87 @@ impl Nsm for EmulatedNsm {
         "emulated"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_nitro_enclaves_nsm_api::api::ErrorCode;
+
+    #[test]
+    fn device_requests_and_responses_map_to_the_crate_types() {
+        match attestation_request(b"ud", Some(b"nonce"), None) {
+            Request::Attestation {
+                user_data,
+                nonce,
+                public_key,
+            } => {
+                assert_eq!(user_data.unwrap().as_slice(), b"ud");
+                assert_eq!(nonce.unwrap().as_slice(), b"nonce");
+                assert!(public_key.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            document_from_response(Response::Attestation {
+                document: vec![1, 2]
+            })
+            .unwrap(),
+            vec![1, 2]
+        );
+        assert!(matches!(
+            document_from_response(Response::Error(ErrorCode::InvalidArgument)),
+            Err(NsmError::Refused(_))
+        ));
+        assert!(matches!(
+            document_from_response(Response::GetRandom { random: vec![] }),
+            Err(NsmError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn without_dev_nsm_the_device_is_reported_missing_not_a_panic() {
+        if !std::path::Path::new("/dev/nsm").exists() {
+            assert!(matches!(DeviceNsm::open(), Err(NsmError::NoDevice)));
+        }
+    }
+
+    #[test]
+    fn emulated_documents_verify_against_the_development_root_with_their_pcrs() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dev_ca(dir.path()).unwrap();
+        assert!(
+            write_dev_ca(dir.path()).is_err(),
+            "an existing CA is never overwritten"
+        );
+        let pcrs = crate::measure::emulated_pcrs(&[1; 48], &[2; 32]);
+        let nsm = EmulatedNsm::load(dir.path(), pcrs.clone()).unwrap();
+        let doc = nsm.attest(b"user data", Some(&[9; 32]), None).unwrap();
+        let verifier = confidant_verifier::Verifier::new(vec![nsm.root_der().to_vec()]).unwrap();
+        let mut policy = confidant_verifier::Policy {
+            nonce: Some(vec![9; 32]),
+            max_age_ms: Some(60_000),
+            ..Default::default()
+        };
+        for (i, v) in &pcrs {
+            policy.pin_pcr(*i, v.to_vec()).unwrap();
+        }
+        let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+        let verified = verifier
+            .verify(&doc, &policy, confidant_verifier::VerifyAt::Instant(now))
+            .unwrap();
+        assert_eq!(
+            verified.doc().user_data.as_ref().unwrap().as_slice(),
+            b"user data"
+        );
+        // And never against the AWS root.
+        let aws =
+            confidant_verifier::Verifier::new(vec![confidant_certs::aws_nitro_root_g1().to_vec()])
+                .unwrap();
+        assert_eq!(
+            aws.verify(&doc, &policy, confidant_verifier::VerifyAt::Instant(now))
+                .unwrap_err()
+                .code(),
+            confidant_verifier::Code::ChainUntrusted
+        );
+    }
+}
