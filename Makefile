@@ -41,7 +41,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p confidant-verifier --all-targets --all-features -- -D warnings
 
+# The end-to-end tests start the three binaries: build them first.
 unit:
+	$(CARGO) build -p confidant -p confidant-relay -p confidant-enclave
 	$(CARGO) test --workspace
 	# The AWS-LC signature backend must pass the same real-document tests.
 	$(CARGO) test -p confidant-verifier --features aws-lc --test real_documents

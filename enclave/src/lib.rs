@@ -3,6 +3,7 @@
 
 pub mod demo_model;
 pub mod keys;
+pub mod kms;
 pub mod listen;
 pub mod measure;
 pub mod model;
