@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use confidant_enclave::model::Dtype;
 
 mod bench_cmd;
+mod kms_check;
 mod model_check;
 mod serve_cmd;
 
@@ -60,6 +61,11 @@ enum Command {
     Health {
         #[arg(long, value_name = "ENDPOINT")]
         connect: confidant_protocol::endpoint::Endpoint,
+    },
+    /// Check the KMS envelope fixture and the Wycheproof RSA-OAEP vectors in DIR; one JSON object.
+    KmsCheck {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Write the local default's model: a BPE tokenizer trained on shipped text and a random-weight
     /// BLOOM of matching vocabulary, deterministic from the seed.
@@ -189,6 +195,7 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Measure { model, json } => measure_cmd(&model, json),
         Command::Health { connect } => health_cmd(&connect),
+        Command::KmsCheck { dir } => kms_check::run(&dir),
         Command::DemoModel { out, seed } => {
             let spec = confidant_enclave::demo_model::DemoSpec {
                 seed,

@@ -9,7 +9,7 @@ use std::process::Command;
 use super::{CaseResult, SuiteError};
 
 /// The enclave binary: `$CONFIDANT_ENCLAVE`, else beside this binary, else on `PATH`.
-fn enclave_binary() -> Option<PathBuf> {
+pub(crate) fn enclave_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CONFIDANT_ENCLAVE") {
         return Some(PathBuf::from(p));
     }

@@ -7,6 +7,7 @@
 mod attestation;
 mod bloom;
 mod hpke;
+mod kms;
 mod ohttp;
 mod protocol;
 
@@ -51,6 +52,7 @@ const SUITES: &[(&str, SuiteFn)] = &[
     ("ohttp", |d| ohttp::run(d).map_err(SuiteError::Failed)),
     ("protocol", |d| protocol::run(d).map_err(SuiteError::Failed)),
     ("bloom", bloom::run),
+    ("kms", kms::run),
 ];
 
 /// Names of all suites.
