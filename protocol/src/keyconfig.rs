@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::error::ProtocolError;
 use crate::hpke_ops::{self, PrivateKey};
-use crate::suite::{Aead, Kem, Suite, KDF_HKDF_SHA256};
+use crate::suite::{Aead, Kem, KDF_HKDF_SHA256};
 
 /// One key configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,14 +106,6 @@ impl KeyConfig {
             public_key: public_key.to_vec(),
             aeads,
         }))
-    }
-
-    /// The suite a client should use with this config: its first AEAD (the server's preference).
-    pub fn preferred_suite(&self) -> Suite {
-        Suite {
-            kem: self.kem,
-            aead: self.aeads[0],
-        }
     }
 }
 
