@@ -62,6 +62,24 @@ enum Command {
         #[arg(long, value_name = "ENDPOINT")]
         connect: confidant_protocol::endpoint::Endpoint,
     },
+    /// Print the KMS key policy for sealed settings: Decrypt only with a matching attestation.
+    KmsPolicy {
+        /// Require this PCR (IDX=HEX, SHA-384); repeatable.
+        #[arg(long = "pcr", value_name = "IDX=HEX")]
+        pcrs: Vec<String>,
+        /// The AWS account that owns the key.
+        #[arg(long)]
+        account: String,
+        /// The role that administers the key (and may not use it).
+        #[arg(long, value_name = "ARN")]
+        admin_role: String,
+        /// The role that seals settings (GenerateDataKey); omit to grant it elsewhere.
+        #[arg(long, value_name = "ARN")]
+        operator_role: Option<String>,
+        /// Require the enclave image's SHA-384.
+        #[arg(long, value_name = "HEX")]
+        image_sha384: Option<String>,
+    },
     /// Check the KMS envelope fixture and the Wycheproof RSA-OAEP vectors in DIR; one JSON object.
     KmsCheck {
         #[arg(value_name = "DIR")]
@@ -170,6 +188,39 @@ fn health_cmd(endpoint: &confidant_protocol::endpoint::Endpoint) -> Result<u8, S
 trait ReadWrite: std::io::Read + std::io::Write {}
 impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
+fn kms_policy_cmd(
+    pcrs: &[String],
+    account: String,
+    admin_role: String,
+    operator_role: Option<String>,
+    image_sha384: Option<String>,
+) -> Result<u8, String> {
+    let mut parsed = Vec::new();
+    for p in pcrs {
+        let (i, v) = p
+            .split_once('=')
+            .ok_or(format!("--pcr {p:?}: expected IDX=HEX"))?;
+        parsed.push((
+            i.parse::<usize>()
+                .map_err(|_| format!("--pcr {p:?}: bad index"))?,
+            v.to_string(),
+        ));
+    }
+    let spec = confidant_enclave::kms::policy::PolicySpec {
+        account,
+        admin_role,
+        operator_role,
+        pcrs: parsed,
+        image_sha384,
+    };
+    let policy = spec.policy().map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&policy).map_err(|e| e.to_string())?
+    );
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -196,6 +247,13 @@ fn main() -> ExitCode {
         Command::Measure { model, json } => measure_cmd(&model, json),
         Command::Health { connect } => health_cmd(&connect),
         Command::KmsCheck { dir } => kms_check::run(&dir),
+        Command::KmsPolicy {
+            pcrs,
+            account,
+            admin_role,
+            operator_role,
+            image_sha384,
+        } => kms_policy_cmd(&pcrs, account, admin_role, operator_role, image_sha384),
         Command::DemoModel { out, seed } => {
             let spec = confidant_enclave::demo_model::DemoSpec {
                 seed,

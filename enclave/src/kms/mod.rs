@@ -4,6 +4,7 @@
 //! data key zeroized) as soon as the content is open.
 
 pub mod cms;
+pub mod policy;
 
 use aws_lc_rs::cipher::{DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey, AES_256};
 use aws_lc_rs::encoding::AsDer;
