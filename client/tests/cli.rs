@@ -46,6 +46,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `confidant ARGS` and checks it rejected the document with `code`.
+fn expect_rejected(args: &[&str], code: &str) {
+    let o = confidant(args);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!("rejected: {code}: ")),
+        "{args:?}: {}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn verify_valid_as_of_document_time_prints_a_summary() {
     let pin = format!("0={PROD_PCR0}");
@@ -183,77 +194,67 @@ fn verify_policy_file_pins_and_rejections() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Pinned index absent: fail closed.
     let pin = format!("20={}", "00".repeat(48));
-    let o = confidant(&[
-        "verify",
-        doc.to_str().unwrap(),
-        "--at",
-        "doc",
-        "--pcr",
-        &pin,
-    ]);
-    assert!(
-        stderr(&o).starts_with("rejected: pcr_missing: "),
-        "{}",
-        stderr(&o)
+    expect_rejected(
+        &[
+            "verify",
+            doc.to_str().unwrap(),
+            "--at",
+            "doc",
+            "--pcr",
+            &pin,
+        ],
+        "pcr_missing",
     );
     // Stale at a given instant one hour later.
     let later = (1_668_034_320_696u64 + 3_600_000).to_string();
-    let o = confidant(&[
-        "verify",
-        doc.to_str().unwrap(),
-        "--at",
-        &later,
-        "--max-age",
-        "300",
-    ]);
-    assert!(
-        stderr(&o).starts_with("rejected: stale: "),
-        "{}",
-        stderr(&o)
+    expect_rejected(
+        &[
+            "verify",
+            doc.to_str().unwrap(),
+            "--at",
+            &later,
+            "--max-age",
+            "300",
+        ],
+        "stale",
     );
-    let o = confidant(&[
-        "verify",
-        doc.to_str().unwrap(),
-        "--at",
-        "2022-11-09T22:53:00Z",
-        "--nonce",
-        "00",
-    ]);
-    assert!(
-        stderr(&o).starts_with("rejected: nonce_mismatch: "),
-        "{}",
-        stderr(&o)
+    expect_rejected(
+        &[
+            "verify",
+            doc.to_str().unwrap(),
+            "--at",
+            "2022-11-09T22:53:00Z",
+            "--nonce",
+            "00",
+        ],
+        "nonce_mismatch",
     );
-    let o = confidant(&[
-        "verify",
-        doc.to_str().unwrap(),
-        "--at",
-        "doc",
-        "--user-data",
-        "00",
-    ]);
-    assert!(
-        stderr(&o).starts_with("rejected: user_data_mismatch: "),
-        "{}",
-        stderr(&o)
+    expect_rejected(
+        &[
+            "verify",
+            doc.to_str().unwrap(),
+            "--at",
+            "doc",
+            "--user-data",
+            "00",
+        ],
+        "user_data_mismatch",
     );
 }
 
 #[test]
 fn verify_with_another_root_rejects_aws_documents() {
     let root = vectors().join("attestation/synthetic/root.pem");
-    let o = confidant(&[
-        "verify",
-        real(PROD).to_str().unwrap(),
-        "--at",
-        "doc",
-        "--root",
-        root.to_str().unwrap(),
-    ]);
-    assert!(
-        stderr(&o).starts_with("rejected: chain_untrusted: "),
-        "{}",
-        stderr(&o)
+    expect_rejected(
+        &[
+            "verify",
+            real(PROD).to_str().unwrap(),
+            "--at",
+            "doc",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+        "chain_untrusted",
     );
 }
 

@@ -129,20 +129,31 @@ fn raw_aead<A: KeyInit + AeadInOut>(c: &mut Criterion, name: &str, size: usize) 
     group.finish();
 }
 
-fn chunks(c: &mut Criterion) {
+/// One X25519 request with `aead`, encapsulated and opened: the state the chunk and session benches start from.
+fn exchange(aead: Aead) -> (request::ClientRequest, request::ServerRequest) {
     let key = KeyPair::derive(1, Kem::X25519HkdfSha256, &[7; 32], &Aead::ALL);
+    let suite = Suite {
+        kem: Kem::X25519HkdfSha256,
+        aead,
+    };
+    let (bytes, client) = request::encapsulate(
+        &key.config,
+        suite,
+        b"",
+        b"q",
+        &CONFIDANT_LABELS,
+        &mut system_rng(),
+    )
+    .unwrap();
+    let server =
+        request::decapsulate(std::slice::from_ref(&key), b"", &bytes, &CONFIDANT_LABELS).unwrap();
+    (client, server)
+}
+
+fn chunks(c: &mut Criterion) {
     let mut rng = system_rng();
     for aead in Aead::ALL {
-        let suite = Suite {
-            kem: Kem::X25519HkdfSha256,
-            aead,
-        };
-        let (bytes, _) =
-            request::encapsulate(&key.config, suite, b"", b"q", &CONFIDANT_LABELS, &mut rng)
-                .unwrap();
-        let server =
-            request::decapsulate(std::slice::from_ref(&key), b"", &bytes, &CONFIDANT_LABELS)
-                .unwrap();
+        let (_, server) = exchange(aead);
         for size in [64usize, 16 * 1024] {
             let (_, mut sealer) = server.respond(&mut rng);
             let data = vec![0x42u8; size];
@@ -169,19 +180,8 @@ fn chunks(c: &mut Criterion) {
 }
 
 fn sessions(c: &mut Criterion) {
-    let key = KeyPair::derive(1, Kem::X25519HkdfSha256, &[7; 32], &Aead::ALL);
-    let mut rng = system_rng();
     for aead in Aead::ALL {
-        let suite = Suite {
-            kem: Kem::X25519HkdfSha256,
-            aead,
-        };
-        let (bytes, client) =
-            request::encapsulate(&key.config, suite, b"", b"q", &CONFIDANT_LABELS, &mut rng)
-                .unwrap();
-        let server =
-            request::decapsulate(std::slice::from_ref(&key), b"", &bytes, &CONFIDANT_LABELS)
-                .unwrap();
+        let (client, server) = exchange(aead);
         let mut client = client.into_session();
         let mut enclave = server.session(
             0,
