@@ -17,13 +17,21 @@ export LD_LIBRARY_PATH := $(TORCH_LIB)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH
 
 all: test
 
-deps: $(VENV)/.torch-$(TORCH_VERSION)
+# moto: the KMS implementation the KMS tests and the sealed-settings demo run against (behind
+# confidant-kms-gate, which adds the attestation checks moto lacks).
+MOTO_VERSION := 5.2.5
+
+deps: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.moto-$(MOTO_VERSION)
 	rustup component add rustfmt clippy
 
 $(VENV)/.torch-$(TORCH_VERSION):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.moto-$(MOTO_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
+	$(VENV)/bin/pip install --quiet moto==$(MOTO_VERSION) flask flask-cors
 	touch $@
 
 # The main job end to end on the local default: dev CA and demo model if absent, enclave + relay on

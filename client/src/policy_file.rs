@@ -6,6 +6,8 @@
 //! nonce = "…hex…"        # optional
 //! user_data = "…hex…"    # optional
 //! public_key = "…hex…"   # optional
+//! model_digest = "…64 hex digits…"     # optional; attest/ask/chat check it in user_data
+//! settings_digest = "…64 hex digits…"  # optional; the sealed settings' digest
 //! [pcrs]
 //! 0 = "…96 hex digits…"
 //! 8 = "…"
@@ -27,6 +29,10 @@ pub struct PolicyFile {
     pub nonce: Option<String>,
     pub user_data: Option<String>,
     pub public_key: Option<String>,
+    /// The model digest the enclave must attest (attest, ask, chat).
+    pub model_digest: Option<String>,
+    /// The sealed settings' digest the enclave must attest (attest, ask, chat).
+    pub settings_digest: Option<String>,
     #[serde(default)]
     pub pcrs: BTreeMap<String, String>,
 }

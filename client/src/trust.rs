@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use confidant_protocol::Expectations;
 use confidant_verifier::{Policy, Verifier};
 
-use crate::policy_file::{build_policy, parse_hex, PolicyArgs};
+use crate::policy_file::{build_policy, parse_hex, PolicyArgs, PolicyFile};
 use crate::CliError;
 
 /// Default maximum age of a freshly fetched document (it carries our nonce, so it is seconds old).
@@ -26,7 +26,7 @@ pub struct TrustArgs {
     /// Pin a PCR (index and 48 bytes of hex); repeatable.
     #[arg(long = "pcr", value_name = "IDX=HEX")]
     pub pcrs: Vec<String>,
-    /// TOML policy file (pcrs, max_age_secs, allow_debug).
+    /// TOML policy file (pcrs, max_age_secs, allow_debug, model_digest, settings_digest).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// The model digest the enclave must attest (SHA-256, hex).
@@ -88,11 +88,19 @@ impl TrustArgs {
         .map_err(|e| CliError::Usage(e.to_string()))?;
         let verifier = Verifier::new(crate::roots::load(&self.roots)?)
             .map_err(|e| CliError::Usage(format!("--root: {}", e.detail())))?;
+        // The digests live in user_data, which the verifier's policy does not interpret: read them
+        // from the file here (the command line wins, as for every other pin).
+        let file = match &self.policy {
+            Some(path) => PolicyFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+            None => PolicyFile::default(),
+        };
+        let model = self.model_digest.clone().or(file.model_digest);
+        let settings = self.settings_digest.clone().or(file.settings_digest);
         Ok(Trust {
             verifier,
             policy,
-            model: digest_arg("--model-digest", &self.model_digest)?,
-            settings: digest_arg("--settings-digest", &self.settings_digest)?,
+            model: digest_arg("--model-digest", &model)?,
+            settings: digest_arg("--settings-digest", &settings)?,
         })
     }
 }
@@ -104,5 +112,48 @@ impl Trust {
             settings: self.settings,
             now_unix_secs: now_unix,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(policy: Option<PathBuf>, settings_digest: Option<String>) -> TrustArgs {
+        TrustArgs {
+            relay: "127.0.0.1:1".into(),
+            relay_ca: None,
+            roots: Vec::new(),
+            pcrs: Vec::new(),
+            policy,
+            model_digest: None,
+            settings_digest,
+            max_age: None,
+            allow_debug: false,
+        }
+    }
+
+    #[test]
+    fn digests_come_from_the_policy_file_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("policy.toml");
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        std::fs::write(
+            &path,
+            format!("settings_digest = \"{a}\"\nmodel_digest = \"{b}\"\n"),
+        )
+        .expect("write");
+        let trust = args(Some(path.clone()), None).build().expect("build");
+        assert_eq!(trust.settings, Some([0xab; 32]));
+        assert_eq!(trust.model, Some([0xcd; 32]));
+        let trust = args(Some(path.clone()), Some(b.clone()))
+            .build()
+            .expect("build");
+        assert_eq!(trust.settings, Some([0xcd; 32]));
+        std::fs::write(&path, "settings_digest = \"abcd\"\n").expect("write");
+        assert!(matches!(
+            args(Some(path), None).build(),
+            Err(CliError::Usage(m)) if m.contains("64 hex digits")
+        ));
     }
 }

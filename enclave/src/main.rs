@@ -11,6 +11,7 @@ use confidant_enclave::model::Dtype;
 mod bench_cmd;
 mod kms_check;
 mod model_check;
+mod seal_cmd;
 mod serve_cmd;
 
 #[derive(Debug, Parser)]
@@ -44,6 +45,8 @@ enum Command {
     BenchGenerate(bench_cmd::GenerateBenchArgs),
     /// Serve attested, encrypted questions.
     Serve(serve_cmd::ServeArgs),
+    /// Seal settings under a KMS key (operator side): GenerateDataKey, then AES-256-GCM.
+    Seal(seal_cmd::SealArgs),
     /// Make a development CA (root, intermediate) for --nsm emulated. Its root says it is not AWS.
     DevCa {
         #[arg(long, value_name = "DIR")]
@@ -235,6 +238,7 @@ fn main() -> ExitCode {
             init_logging();
             serve_cmd::run(args)
         }
+        Command::Seal(args) => seal_cmd::run(args),
         Command::DevCa { out } => confidant_enclave::nsm::write_dev_ca(&out)
             .map(|()| {
                 eprintln!(

@@ -4,6 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use confidant_enclave::kms::client::{self, KmsTarget};
+use confidant_enclave::kms::sealed::SealedFile;
+use confidant_enclave::kms::settings::Settings;
+use confidant_enclave::kms::{credentials, transport, unseal};
 use confidant_enclave::model::worker::Worker;
 use confidant_enclave::model::{Dtype, LoadedModel};
 use confidant_enclave::nsm::{DeviceNsm, EmulatedNsm, Nsm};
@@ -49,6 +53,24 @@ pub struct ServeArgs {
     /// Requests waiting for the model before new ones are refused as busy.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Sealed settings (made by `seal`): unsealed through KMS with this enclave's attestation at
+    /// boot; if that fails the enclave does not serve.
+    #[arg(long, value_name = "FILE")]
+    sealed_settings: Option<PathBuf>,
+    /// KMS endpoint URL (default: the region's); plain http only to loopback.
+    #[arg(long, value_name = "URL", requires = "sealed_settings")]
+    kms_endpoint: Option<String>,
+    /// Dial every KMS connection here — the parent's vsock-proxy, e.g. vsock:3:8000 — with TLS to
+    /// KMS kept inside the enclave.
+    #[arg(long, value_name = "vsock:CID:PORT", value_parser = transport::parse_dial, requires = "sealed_settings")]
+    kms_proxy: Option<transport::Dial>,
+    /// Read AWS credentials (IMDS JSON) from the parent at boot, e.g. vsock:3:8002; default: the
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN environment variables.
+    #[arg(long, value_name = "vsock:CID:PORT", value_parser = transport::parse_dial, requires = "sealed_settings")]
+    kms_credentials: Option<transport::Dial>,
+    /// AWS region of the KMS key (default: $AWS_REGION).
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
     /// TEST ONLY (emulated NSM): stamp documents this many seconds in the past.
     #[arg(long, hide = true, default_value_t = 0)]
     backdate_documents_test_only: u64,
@@ -77,8 +99,12 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
             )
         }
     };
-    let worker = Worker::spawn(model, args.queue, args.threads).map_err(|e| e.to_string())?;
-    let config = ServeConfig {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut config = ServeConfig {
         key_ttl_secs: args.key_ttl,
         session_limits: SessionLimits {
             idle_ms: args.session_idle * 1000,
@@ -86,12 +112,30 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
         },
         ..ServeConfig::default()
     };
-    let enclave = Arc::new(Enclave::new(nsm, digest, None, worker, config));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let settings = match &args.sealed_settings {
+        None => None,
+        Some(path) => {
+            let settings = runtime.block_on(unseal_settings(&args, path, nsm.as_ref()))?;
+            tracing::info!(
+                digest = %hex::encode(settings.digest),
+                max_new_tokens = settings.max_new_tokens,
+                "settings unsealed"
+            );
+            if settings.weights_key.is_some() {
+                return Err(
+                    "the settings carry a weights_key, but this build serves unencrypted \
+                            weights only"
+                        .into(),
+                );
+            }
+            config.max_new_tokens = settings.max_new_tokens;
+            config.default_new_tokens = settings.default_new_tokens;
+            config.system_prompt = settings.system_prompt.clone();
+            Some(settings.digest)
+        }
+    };
+    let worker = Worker::spawn(model, args.queue, args.threads).map_err(|e| e.to_string())?;
+    let enclave = Arc::new(Enclave::new(nsm, digest, settings, worker, config));
     runtime.block_on(async move {
         let sweeper = enclave.clone();
         tokio::spawn(async move {
@@ -111,4 +155,45 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
         }
     })?;
     Ok(0)
+}
+
+/// Unseals the settings, or says why not (with a stable code, without secrets).
+async fn unseal_settings(
+    args: &ServeArgs,
+    path: &std::path::Path,
+    nsm: &dyn Nsm,
+) -> Result<Settings, String> {
+    let fail = |code: &str, e: &dyn std::fmt::Display| {
+        format!(
+            "unsealing {}: [{code}] {e}; refusing to serve",
+            path.display()
+        )
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail("sealed_read", &e))?;
+    let sealed = SealedFile::parse(&bytes).map_err(|e| fail(e.code(), &e))?;
+    let region = args
+        .region
+        .clone()
+        .ok_or("--region (or AWS_REGION) is required with --sealed-settings")?;
+    let credentials = match &args.kms_credentials {
+        Some(dial) => credentials::fetch(dial)
+            .await
+            .map_err(|e| fail("kms_credentials", &e))?,
+        None => client::credentials_from_env().map_err(|e| fail("kms_credentials", &e))?,
+    };
+    if args.kms_proxy.is_none() && args.kms_endpoint.is_none() {
+        return Err(
+            "--sealed-settings needs --kms-proxy (in an enclave) or --kms-endpoint (local runs)"
+                .into(),
+        );
+    }
+    let target = KmsTarget {
+        region,
+        endpoint: args.kms_endpoint.clone(),
+        tunnel: args.kms_proxy.clone(),
+    };
+    let kms = client::client(&target, credentials).map_err(|e| fail("kms_endpoint", &e))?;
+    unseal::unseal(&sealed, nsm, &kms)
+        .await
+        .map_err(|e| fail(e.code(), &e))
 }

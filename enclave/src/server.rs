@@ -24,7 +24,7 @@ use crate::model::worker::{Event, Job, Worker};
 use crate::nsm::Nsm;
 
 /// Limits and lifetimes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     pub key_ttl_secs: u64,
     pub key_grace_secs: u64,
@@ -36,7 +36,23 @@ pub struct ServeConfig {
     /// How long a connection may stay silent between frames.
     pub idle_timeout: Duration,
     /// The system prompt before every conversation (from the sealed settings, when present).
-    pub system_prompt: String,
+    pub system_prompt: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The system prompt is a sealed setting: its length only.
+        f.debug_struct("ServeConfig")
+            .field("key_ttl_secs", &self.key_ttl_secs)
+            .field("key_grace_secs", &self.key_grace_secs)
+            .field("session_limits", &self.session_limits)
+            .field("max_sessions", &self.max_sessions)
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("default_new_tokens", &self.default_new_tokens)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("system_prompt_bytes", &self.system_prompt.len())
+            .finish()
+    }
 }
 
 impl Default for ServeConfig {
@@ -49,7 +65,7 @@ impl Default for ServeConfig {
             max_new_tokens: 512,
             default_new_tokens: 64,
             idle_timeout: Duration::from_secs(60),
-            system_prompt: String::new(),
+            system_prompt: zeroize::Zeroizing::new(String::new()),
         }
     }
 }
@@ -230,7 +246,9 @@ impl Enclave {
     }
 
     fn first_turn(&self, prompt: &str) -> String {
-        format!("{}User: {prompt}\nAssistant:", self.config.system_prompt)
+        let system = self.config.system_prompt.as_str();
+        let sep = if system.is_empty() { "" } else { "\n" };
+        format!("{system}{sep}User: {prompt}\nAssistant:")
     }
 
     fn insert_session(&self, session: EnclaveSession) -> Result<[u8; 16], Refusal> {

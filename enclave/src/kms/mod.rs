@@ -3,8 +3,15 @@
 //! enclave. RSA and AES come from AWS-LC (constant-time, FIPS-validated); keys are dropped (and the
 //! data key zeroized) as soon as the content is open.
 
+pub mod client;
 pub mod cms;
+pub mod credentials;
+pub mod envelope;
 pub mod policy;
+pub mod sealed;
+pub mod settings;
+pub mod transport;
+pub mod unseal;
 
 use aws_lc_rs::cipher::{DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey, AES_256};
 use aws_lc_rs::encoding::AsDer;

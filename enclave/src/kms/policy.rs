@@ -4,8 +4,7 @@
 
 use serde_json::{json, Value};
 
-/// Encryption context every sealed-settings data key carries.
-pub const PURPOSE_CONTEXT: (&str, &str) = ("purpose", "confidant-settings");
+use super::sealed::{CONTEXT_KEY, CONTEXT_VALUE};
 
 /// What the policy binds.
 #[derive(Debug, Clone)]
@@ -83,8 +82,7 @@ impl PolicySpec {
                 json!(v.to_lowercase()),
             );
         }
-        let context =
-            json!({ format!("kms:EncryptionContext:{}", PURPOSE_CONTEXT.0): PURPOSE_CONTEXT.1 });
+        let context = json!({ format!("kms:EncryptionContext:{CONTEXT_KEY}"): CONTEXT_VALUE });
         let mut statements = vec![
             json!({
                 "Sid": "AdministerButNeverUse",

@@ -1,0 +1,418 @@
+//! Sealed settings end to end: `seal` and `serve --sealed-settings` through the real AWS SDK, a real
+//! KMS implementation (moto) and the attestation gate (`confidant-kms-gate`), then the client.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use confidant_enclave::kms::sealed::SealedFile;
+
+const REGION: &str = "us-east-1";
+const SYSTEM_PROMPT: &str = "You answer health-benefit questions briefly.";
+
+/// moto's `moto_server`: $MOTO_SERVER, else the project's virtualenv (`make deps` installs it).
+fn moto_server() -> PathBuf {
+    let path = std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server"));
+    assert!(
+        path.is_file(),
+        "{} not found: `make deps` installs moto (or set MOTO_SERVER)",
+        path.display()
+    );
+    path
+}
+
+/// moto, the gate in front of it, a KMS key, and a parent-style credentials server.
+struct Kms {
+    _moto: Proc,
+    gate: Proc,
+    moto_addr: String,
+    gate_addr: String,
+    credentials_addr: String,
+    key_arn: String,
+    dir: tempfile::TempDir,
+}
+
+impl Kms {
+    /// `gate_pcrs` are the measurements the gate (the key policy) requires.
+    fn start(gate_pcrs: &[String], gate_extra: &[&str]) -> Kms {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let moto_addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+        let child = Command::new(moto_server())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let moto = Proc {
+            child,
+            stderr_log: dir.path().join("moto.log"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(&moto_addr).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut cmd = Command::new(bin("confidant-kms-gate"));
+        cmd.args(["--upstream", &moto_addr, "--root"])
+            .arg(fixtures().join("ca/root.pem"))
+            .args(gate_pcrs)
+            .args(gate_extra);
+        let (gate, line) = start(&mut cmd, dir.path().join("gate.log"));
+        let gate_addr = line.split_whitespace().nth(1).unwrap().to_string();
+        let key_arn = runtime().block_on(async {
+            let kms = sdk(&moto_addr);
+            let out = kms.create_key().send().await.unwrap();
+            out.key_metadata.unwrap().arn.unwrap()
+        });
+        Kms {
+            _moto: moto,
+            gate,
+            moto_addr,
+            gate_addr,
+            credentials_addr: serve_credentials(),
+            key_arn,
+            dir,
+        }
+    }
+
+    /// `confidant-enclave seal` of `settings`, as an operator with credentials in the environment.
+    fn seal(&self, settings: &str) -> (std::process::Output, PathBuf) {
+        let input = self.dir.path().join("settings.json");
+        let out = self.dir.path().join("settings.sealed");
+        std::fs::write(&input, settings).unwrap();
+        let output = Command::new(bin("confidant-enclave"))
+            .args([
+                "seal",
+                "--key-id",
+                &self.key_arn,
+                "--region",
+                REGION,
+                "--in",
+            ])
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .args(["--kms-endpoint", &format!("http://{}", self.gate_addr)])
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .output()
+            .unwrap();
+        (output, out)
+    }
+
+    /// `serve` arguments that unseal `sealed` through the gate, credentials from the "parent".
+    fn serve_args(&self, sealed: &Path) -> Vec<String> {
+        vec![
+            "--sealed-settings".into(),
+            sealed.display().to_string(),
+            "--kms-endpoint".into(),
+            format!("http://{}", self.gate_addr),
+            "--region".into(),
+            REGION.into(),
+            "--kms-credentials".into(),
+            format!("tcp:{}", self.credentials_addr),
+        ]
+    }
+
+    fn gate_log(&self) -> String {
+        std::fs::read_to_string(&self.gate.stderr_log).unwrap_or_default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An SDK client straight to moto (for test set-up: keys, foreign data keys).
+fn sdk(moto_addr: &str) -> aws_sdk_kms::Client {
+    use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_kms::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(format!("http://{moto_addr}"))
+        .build();
+    aws_sdk_kms::Client::from_conf(config)
+}
+
+/// What the parent instance does at boot: serve its role's credentials (IMDS JSON) on a port.
+fn serve_credentials() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(
+                br#"{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIATEST",
+                    "SecretAccessKey":"secret","Token":"token","Expiration":"2999-01-01T00:00:00Z"}"#,
+            );
+        }
+    });
+    addr
+}
+
+/// Runs `serve` expecting it to refuse to start; returns its stderr.
+fn serve_refused(extra: &[String]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin("confidant-enclave"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("unix:{}", dir.path().join("e.sock").display()))
+        .arg("--model")
+        .arg(fixtures().join("model"))
+        .args(["--nsm", "emulated", "--threads", "1", "--dev-ca"])
+        .arg(fixtures().join("ca"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve kept running; it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it must not listen"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn settings_json() -> String {
+    format!(r#"{{"system_prompt":"{SYSTEM_PROMPT}","max_new_tokens":12,"default_new_tokens":8}}"#)
+}
+
+fn digest_line(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("settings digest "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no digest line: {text}; {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
+#[test]
+fn sealed_settings_reach_only_the_attested_enclave_and_are_attested() {
+    let kms = Kms::start(&pins(), &[]);
+    let (out, sealed) = kms.seal(&settings_json());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = digest_line(&out);
+    assert_eq!(
+        digest,
+        hex::encode(confidant_enclave::kms::settings::digest(
+            settings_json().as_bytes()
+        ))
+    );
+    let file = std::fs::read_to_string(&sealed).unwrap();
+    assert!(
+        !file.contains("health-benefit"),
+        "the sealed file holds the prompt in the clear"
+    );
+
+    let serve: Vec<String> = kms.serve_args(&sealed);
+    let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
+    let stack = Stack::new(&serve, &[]);
+    assert!(kms.gate_log().contains("released to the attested key"));
+
+    // The client sees the digest, and can pin it.
+    let mut trust = stack.trusted();
+    trust.extend(["--settings-digest".to_string(), digest.clone()]);
+    let out = stack.client(&stack.relay_addr, &["attest", "--json"], &trust, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["settings_digest"].as_str(), Some(digest.as_str()));
+
+    // The unsealed settings are in force: the system prompt leads the conversation, and the limit
+    // caps what a client may ask for.
+    let q = "Is a hearing aid covered by my plan?";
+    let out = stack.client(
+        &stack.relay_addr,
+        &["ask", "--json", "--max-tokens", "6", q],
+        &trust,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["answer"].as_str().unwrap(),
+        expected(SYSTEM_PROMPT, &[q], 6)[0]
+    );
+    let out = stack.client(
+        &stack.relay_addr,
+        &["ask", "--max-tokens", "13", q],
+        &trust,
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad_request"), "{}", stderr(&out));
+
+    // A different settings pin is refused before any question is sent.
+    let mut wrong = stack.trusted();
+    wrong.extend(["--settings-digest".to_string(), "00".repeat(32)]);
+    let out = stack.client(&stack.relay_addr, &["ask", q], &wrong, None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("settings_mismatch"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nothing secret in any log.
+    for log in [
+        &stack.enclave.as_ref().unwrap().stderr_log,
+        &stack.relay.stderr_log,
+        &kms.gate.stderr_log,
+    ] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            !text.contains("health-benefit"),
+            "{}: {text}",
+            log.display()
+        );
+    }
+}
+
+#[test]
+fn an_enclave_with_other_pcrs_is_refused_by_the_key_policy() {
+    let mut other = pins();
+    let pcr0 = other.iter_mut().find(|p| p.starts_with("0=")).unwrap();
+    *pcr0 = format!("0={}", "ab".repeat(48));
+    let kms = Kms::start(&other, &[]);
+    let (out, sealed) = kms.seal(&settings_json());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = serve_refused(&kms.serve_args(&sealed));
+    assert!(
+        err.contains("[kms_refused]") && err.contains("AccessDeniedException"),
+        "{err}"
+    );
+    assert!(err.contains("refusing to serve"), "{err}");
+    assert!(
+        kms.gate_log().contains("refused (pcr_mismatch)"),
+        "{}",
+        kms.gate_log()
+    );
+}
+
+#[test]
+fn a_plaintext_answer_from_kms_is_refused() {
+    let kms = Kms::start(&pins(), &["--ignore-recipient-test-only"]);
+    let (out, sealed) = kms.seal(&settings_json());
+    assert!(out.status.success());
+    let err = serve_refused(&kms.serve_args(&sealed));
+    assert!(err.contains("[kms_plaintext_only]"), "{err}");
+}
+
+#[test]
+fn altered_sealed_files_and_foreign_data_keys_refuse_to_serve() {
+    let kms = Kms::start(&pins(), &[]);
+    let (out, sealed) = kms.seal(&settings_json());
+    assert!(out.status.success());
+    let original = SealedFile::parse(&std::fs::read(&sealed).unwrap()).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = kms.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+
+    let mut tampered = original.clone();
+    tampered.ciphertext[3] ^= 0x20;
+    let p = write("tampered.sealed", &tampered.to_json());
+    assert!(serve_refused(&kms.serve_args(&p)).contains("[sealed_tampered]"));
+
+    let text = String::from_utf8(original.to_json()).unwrap();
+    let p = write(
+        "context.sealed",
+        text.replace("confidant-settings", "other").as_bytes(),
+    );
+    assert!(serve_refused(&kms.serve_args(&p)).contains("[sealed_encryption_context]"));
+
+    let p = write("truncated.sealed", &original.to_json()[..40]);
+    assert!(serve_refused(&kms.serve_args(&p)).contains("[sealed_not_json]"));
+
+    // A data key made under another encryption context: KMS itself refuses to decrypt it with ours.
+    let foreign = runtime().block_on(async {
+        let out = sdk(&kms.moto_addr)
+            .generate_data_key()
+            .key_id(&kms.key_arn)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .encryption_context("purpose", "something-else")
+            .send()
+            .await
+            .unwrap();
+        let key = out.plaintext.unwrap().into_inner();
+        SealedFile::seal(
+            &kms.key_arn,
+            out.ciphertext_blob.unwrap().into_inner(),
+            &key,
+            settings_json().as_bytes(),
+        )
+        .unwrap()
+    });
+    let p = write("foreign.sealed", &foreign.to_json());
+    let err = serve_refused(&kms.serve_args(&p));
+    assert!(
+        err.contains("[kms_refused]") && err.contains("InvalidCiphertextException"),
+        "{err}"
+    );
+
+    // The blob of another sealed file under the same context opens to another data key.
+    let (_, other) = kms.seal(&settings_json());
+    let other = SealedFile::parse(&std::fs::read(&other).unwrap()).unwrap();
+    let mut swapped = original.clone();
+    swapped.data_key_blob = other.data_key_blob;
+    let p = write("swapped.sealed", &swapped.to_json());
+    assert!(serve_refused(&kms.serve_args(&p)).contains("[sealed_tampered]"));
+}
+
+#[test]
+fn seal_validates_settings_before_calling_kms() {
+    let kms = Kms::start(&pins(), &[]);
+    for (settings, want) in [
+        (r#"{"temperature":0.2}"#, "unknown field `temperature`"),
+        (
+            r#"{"max_new_tokens":100000}"#,
+            "max_new_tokens must be between 1 and 4096",
+        ),
+    ] {
+        let (out, sealed) = kms.seal(settings);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(!sealed.exists());
+    }
+}
