@@ -23,6 +23,9 @@ MOTO_VERSION := 5.2.5
 
 deps: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.moto-$(MOTO_VERSION)
 	rustup component add rustfmt clippy
+	@# The openssl command-line tool is the tests' independent CMS oracle (the client never links it).
+	@command -v openssl >/dev/null || { echo "installing the openssl command-line tool"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q openssl; }
 
 $(VENV)/.torch-$(TORCH_VERSION):
 	python3 -m venv $(VENV)

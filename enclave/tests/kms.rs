@@ -169,3 +169,122 @@ fn wycheproof_rsa_oaep_2048_sha256_vectors_pass_through_the_unwrap_function() {
     }
     assert_eq!(count, 37);
 }
+
+/// Runs the `openssl` command-line tool (the independent oracle; `make deps` installs it).
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command-line tool (make deps installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// An RSA-2048 key made by OpenSSL: (directory with key.pem, PKCS#8 DER, SPKI DER).
+fn openssl_key() -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "key.pem",
+        ],
+    );
+    let pkcs8 = openssl(
+        d,
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-outform", "DER",
+        ],
+    );
+    let spki = openssl(d, &["pkey", "-in", "key.pem", "-pubout", "-outform", "DER"]);
+    (dir, pkcs8, spki)
+}
+
+#[test]
+fn openssl_decrypts_the_envelopes_we_build() {
+    let (dir, _, spki) = openssl_key();
+    for (len, segment) in [(0usize, 1024usize), (12, 1024), (1000, 100), (5000, 1024)] {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let ber = confidant_enclave::kms::envelope::build(&spki, &content, segment).unwrap();
+        std::fs::write(dir.path().join("env.ber"), &ber).unwrap();
+        let opened = openssl(
+            dir.path(),
+            &[
+                "cms", "-decrypt", "-inform", "DER", "-in", "env.ber", "-inkey", "key.pem",
+                "-binary",
+            ],
+        );
+        assert_eq!(opened, content, "{len} bytes in {segment}-byte segments");
+    }
+}
+
+#[test]
+fn the_enclave_opens_what_openssl_builds() {
+    // OpenSSL as the sender: RSAES-OAEP-SHA256 to a certificate whose subjectKeyIdentifier is the
+    // SHA-256 of the key (as KMS identifies the recipient), streamed BER with indefinite lengths.
+    // It omits the NULL parameters of the SHA-256 identifiers, which RFC 4055 says to accept.
+    let (dir, pkcs8, spki) = openssl_key();
+    let d = dir.path();
+    let ski = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=enclave",
+            "-days",
+            "1",
+            "-addext",
+            &format!("subjectKeyIdentifier={ski}"),
+            "-out",
+            "cert.pem",
+        ],
+    );
+    let key = RecipientKey::from_pkcs8(&pkcs8).unwrap();
+    for len in [1usize, 16, 3000] {
+        let content: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+        std::fs::write(d.join("msg"), &content).unwrap();
+        openssl(
+            d,
+            &[
+                "cms",
+                "-encrypt",
+                "-in",
+                "msg",
+                "-binary",
+                "-aes-256-cbc",
+                "-recip",
+                "cert.pem",
+                "-keyid",
+                "-keyopt",
+                "rsa_padding_mode:oaep",
+                "-keyopt",
+                "rsa_oaep_md:sha256",
+                "-keyopt",
+                "rsa_mgf1_md:sha256",
+                "-outform",
+                "DER",
+                "-stream",
+                "-out",
+                "env.ber",
+            ],
+        );
+        let ber = std::fs::read(d.join("env.ber")).unwrap();
+        assert_eq!(&key.open(&ber).unwrap()[..], &content[..], "{len} bytes");
+    }
+}
