@@ -47,6 +47,9 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Seal settings under a KMS key (operator side): GenerateDataKey, then AES-256-GCM.
     Seal(seal_cmd::SealArgs),
+    /// Encrypt a model's weights (model.safetensors.enc) under a fresh key written into the
+    /// settings file; only an enclave that unseals those settings can load them.
+    EncryptWeights(seal_cmd::EncryptWeightsArgs),
     /// Make a development CA (root, intermediate) for --nsm emulated. Its root says it is not AWS.
     DevCa {
         #[arg(long, value_name = "DIR")]
@@ -110,17 +113,7 @@ fn init_logging() {
 }
 
 fn measure_cmd(model: &std::path::Path, json: bool) -> Result<u8, String> {
-    use confidant_enclave::model::digest::{model_digest, FileHash};
-    let files = confidant_enclave::model::ModelFiles::in_dir(model);
-    let hash = |p: &std::path::Path| -> Result<FileHash, String> {
-        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(FileHash::of(&bytes))
-    };
-    let digest = model_digest(
-        hash(&files.config)?,
-        hash(&files.tokenizer)?,
-        hash(&files.weights)?,
-    );
+    let digest = confidant_enclave::measure::stored_model_digest(model)?;
     let pcrs = confidant_enclave::measure::this_binary_pcrs(&digest).map_err(|e| e.to_string())?;
     if json {
         let map: serde_json::Map<String, serde_json::Value> = pcrs
@@ -239,6 +232,7 @@ fn main() -> ExitCode {
             serve_cmd::run(args)
         }
         Command::Seal(args) => seal_cmd::run(args),
+        Command::EncryptWeights(args) => seal_cmd::encrypt_weights(args),
         Command::DevCa { out } => confidant_enclave::nsm::write_dev_ca(&out)
             .map(|()| {
                 eprintln!(

@@ -12,6 +12,37 @@ use std::path::Path;
 
 use sha2::{Digest, Sha384};
 
+/// The model digest over the files as stored in `dir` (the encrypted weights file, when the weights
+/// are encrypted): what PCR0 measures, as an image measurement would.
+pub fn stored_model_digest(dir: &Path) -> Result<[u8; 32], String> {
+    use crate::model::digest::{model_digest, FileHash};
+    use sha2::Sha256;
+    let files = crate::model::ModelFiles::in_dir(dir);
+    let hash = |p: &Path| -> Result<FileHash, String> {
+        use std::io::Read;
+        let fail = |e: std::io::Error| format!("{}: {e}", p.display());
+        let mut file = std::fs::File::open(p).map_err(fail)?;
+        let (mut h, mut len, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            let n = file.read(&mut buf).map_err(fail)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok(FileHash {
+            len,
+            sha256: h.finalize().into(),
+        })
+    };
+    Ok(model_digest(
+        hash(&files.config)?,
+        hash(&files.tokenizer)?,
+        hash(files.stored_weights())?,
+    ))
+}
+
 /// SHA-384 over a file, streamed.
 pub fn sha384_file(path: &Path) -> std::io::Result<[u8; 48]> {
     use std::io::Read;

@@ -80,9 +80,9 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
     if args.key_ttl < 10 {
         return Err("--key-ttl must be at least 10 seconds".into());
     }
-    let model = LoadedModel::load(&args.model, args.dtype)
-        .map_err(|e| format!("loading the model: {e}"))?;
-    let digest = model.digest;
+    // The emulation measures the model as stored before anything is loaded, as Nitro measures the
+    // image before boot; the settings (and a weights key) are unsealed before the model is loaded.
+    let mut measured = None;
     let nsm: Box<dyn Nsm> = match args.nsm {
         NsmKind::Device => Box::new(DeviceNsm::open().map_err(|e| e.to_string())?),
         NsmKind::Emulated => {
@@ -90,7 +90,9 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
                 .dev_ca
                 .as_ref()
                 .ok_or("--nsm emulated needs --dev-ca DIR")?;
-            let pcrs = measure::this_binary_pcrs(&digest)
+            let stored = measure::stored_model_digest(&args.model)?;
+            measured = Some(stored);
+            let pcrs = measure::this_binary_pcrs(&stored)
                 .map_err(|e| format!("measuring this binary: {e}"))?;
             Box::new(
                 EmulatedNsm::load(dir, pcrs)
@@ -121,19 +123,20 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
                 max_new_tokens = settings.max_new_tokens,
                 "settings unsealed"
             );
-            if settings.weights_key.is_some() {
-                return Err(
-                    "the settings carry a weights_key, but this build serves unencrypted \
-                            weights only"
-                        .into(),
-                );
-            }
             config.max_new_tokens = settings.max_new_tokens;
             config.default_new_tokens = settings.default_new_tokens;
             config.system_prompt = settings.system_prompt.clone();
-            Some(settings.digest)
+            Some(settings)
         }
     };
+    let weights_key = settings.as_ref().and_then(|s| s.weights_key.as_deref());
+    let model = LoadedModel::load_with_key(&args.model, args.dtype, weights_key)
+        .map_err(|e| format!("loading the model: {e}"))?;
+    let settings = settings.map(|s| s.digest); // the weights key is dropped (zeroized) here
+    if measured.is_some_and(|m| m != model.stored_digest) {
+        return Err("the model files changed between measuring and loading".into());
+    }
+    let digest = model.digest;
     let worker = Worker::spawn(model, args.queue, args.threads).map_err(|e| e.to_string())?;
     let enclave = Arc::new(Enclave::new(nsm, digest, settings, worker, config));
     runtime.block_on(async move {

@@ -170,13 +170,17 @@ fn serve_credentials() -> String {
 
 /// Runs `serve` expecting it to refuse to start; returns its stderr.
 fn serve_refused(extra: &[String]) -> String {
+    serve_refused_with(&fixtures().join("model"), extra)
+}
+
+fn serve_refused_with(model: &Path, extra: &[String]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin("confidant-enclave"))
         .arg("serve")
         .arg("--listen")
         .arg(format!("unix:{}", dir.path().join("e.sock").display()))
         .arg("--model")
-        .arg(fixtures().join("model"))
+        .arg(model)
         .args(["--nsm", "emulated", "--threads", "1", "--dev-ca"])
         .arg(fixtures().join("ca"))
         .args(extra)
@@ -415,4 +419,86 @@ fn seal_validates_settings_before_calling_kms() {
         assert!(err.contains(want), "{err}");
         assert!(!sealed.exists());
     }
+}
+
+#[test]
+fn encrypted_weights_load_only_in_the_enclave_that_unseals_their_key() {
+    // The operator: a copy of the demo model with its weights encrypted, the key into the settings.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("model").join(f), model.join(f)).unwrap();
+    }
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, settings_json()).unwrap();
+    let out = Command::new(bin("confidant-enclave"))
+        .args(["encrypt-weights", "--model"])
+        .arg(&model)
+        .arg("--settings")
+        .arg(&settings)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    let with_key = std::fs::read_to_string(&settings).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&with_key).unwrap();
+    assert_eq!(v["weights_key"].as_str().unwrap().len(), 64);
+    assert_eq!(v["system_prompt"].as_str(), Some(SYSTEM_PROMPT));
+
+    // Without the sealed key the enclave cannot load them.
+    let err = serve_refused_with(&model, &[]);
+    assert!(err.contains("is encrypted"), "{err}");
+
+    // The key policy admits this image (PCR0 measures the encrypted file as stored).
+    let image_pins = pins_for(&model);
+    assert_ne!(image_pins, pins(), "PCR0 covers the weights file as stored");
+    let kms = Kms::start(&image_pins, &[]);
+    let (out, sealed) = kms.seal(&with_key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve: Vec<String> = kms.serve_args(&sealed);
+    let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
+    let stack = Stack::with_model(&model, &serve, &[]);
+
+    // It attests the digest of the weights as loaded (the plain model's), and answers as the plain
+    // model does.
+    let mut trust = vec![
+        "--root".to_string(),
+        fixtures().join("ca/root.pem").display().to_string(),
+    ];
+    trust.extend(image_pins);
+    let out = stack.client(&stack.relay_addr, &["attest", "--json"], &trust, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let attested: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plain = confidant_enclave::model::LoadedModel::load(
+        &fixtures().join("model"),
+        confidant_enclave::model::Dtype::F32,
+    )
+    .unwrap();
+    assert_eq!(
+        attested["model_digest"].as_str().unwrap(),
+        hex::encode(plain.digest)
+    );
+    drop(plain);
+    let q = "Does my plan cover physiotherapy?";
+    let out = stack.client(
+        &stack.relay_addr,
+        &["ask", "--json", "--max-tokens", "5", q],
+        &trust,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["answer"].as_str().unwrap(),
+        expected(SYSTEM_PROMPT, &[q], 5)[0]
+    );
 }

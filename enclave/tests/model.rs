@@ -371,3 +371,55 @@ fn bad_inputs_are_errors_not_panics() {
     std::fs::write(dir.path().join("config.json"), "{\"vocab_size\": 4}").unwrap();
     assert!(load_model(dir.path(), Dtype::F32).is_err());
 }
+
+#[test]
+fn encrypted_weights_load_with_their_key_only_and_digest_as_the_plain_model() {
+    use confidant_enclave::model::encrypted;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(demo_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let plain = std::fs::read(demo_dir().join("model.safetensors")).unwrap();
+    let key = [0x5a; 32];
+    let mut sealed = Vec::new();
+    encrypted::encrypt(&mut &plain[..], plain.len() as u64, &mut sealed, &key, 4096).unwrap();
+    let enc = dir.path().join("model.safetensors.enc");
+    std::fs::write(&enc, &sealed).unwrap();
+
+    let reference = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let loaded = LoadedModel::load_with_key(dir.path(), Dtype::F32, Some(&key)).unwrap();
+    assert_eq!(
+        loaded.digest, reference.digest,
+        "the digest is over the weights as loaded"
+    );
+    assert_ne!(
+        loaded.stored_digest, loaded.digest,
+        "the stored digest is over the encrypted file"
+    );
+    let ids = reference
+        .tokenizer
+        .encode("User: hello\nAssistant:")
+        .unwrap();
+    assert_eq!(
+        greedy_ids(&loaded.model, &ids, 6).unwrap(),
+        greedy_ids(&reference.model, &ids, 6).unwrap()
+    );
+
+    let err = |r: Result<LoadedModel, confidant_enclave::model::ModelError>| {
+        r.map(|_| ()).unwrap_err().to_string()
+    };
+    assert!(err(LoadedModel::load(dir.path(), Dtype::F32)).contains("is encrypted"));
+    let wrong = err(LoadedModel::load_with_key(
+        dir.path(),
+        Dtype::F32,
+        Some(&[1; 32]),
+    ));
+    assert!(wrong.contains("chunk 0 failed authentication"), "{wrong}");
+    std::fs::write(&enc, &sealed[..sealed.len() - 100]).unwrap();
+    let cut = err(LoadedModel::load_with_key(
+        dir.path(),
+        Dtype::F32,
+        Some(&key),
+    ));
+    assert!(cut.contains("does not match its header"), "{cut}");
+}

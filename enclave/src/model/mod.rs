@@ -5,6 +5,7 @@ pub mod bloom;
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod encrypted;
 pub mod generate;
 pub mod tokenizer;
 pub mod weights;
@@ -56,6 +57,8 @@ impl Dtype {
 pub struct ModelFiles {
     pub config: PathBuf,
     pub weights: PathBuf,
+    /// Encrypted weights (`model.safetensors.enc`), opened with the sealed `weights_key`.
+    pub encrypted_weights: PathBuf,
     pub tokenizer: PathBuf,
 }
 
@@ -65,7 +68,17 @@ impl ModelFiles {
         ModelFiles {
             config: dir.join("config.json"),
             weights: dir.join("model.safetensors"),
+            encrypted_weights: dir.join("model.safetensors.enc"),
             tokenizer: dir.join("tokenizer.json"),
+        }
+    }
+
+    /// The weights file as stored: the encrypted one when there is no plain one.
+    pub fn stored_weights(&self) -> &Path {
+        if !self.weights.exists() && self.encrypted_weights.exists() {
+            &self.encrypted_weights
+        } else {
+            &self.weights
         }
     }
 }
@@ -75,8 +88,11 @@ impl ModelFiles {
 pub struct LoadedModel {
     pub model: Bloom,
     pub tokenizer: tokenizer::Tokenizer,
-    /// `model` in the attestation `user_data`.
+    /// `model` in the attestation `user_data`: over the bytes as loaded (decrypted weights included).
     pub digest: [u8; 32],
+    /// The same digest over the files as stored (the encrypted weights file, when encrypted): what
+    /// the emulated NSM's PCR0 measures.
+    pub stored_digest: [u8; 32],
     /// End-of-sequence token, from the config (or the tokenizer's `</s>`).
     pub eos: Option<i64>,
 }
@@ -84,6 +100,15 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads config, tokenizer and weights from `dir`; the digest covers the bytes as loaded.
     pub fn load(dir: &Path, dtype: Dtype) -> Result<LoadedModel, ModelError> {
+        Self::load_with_key(dir, dtype, None)
+    }
+
+    /// As [`load`](Self::load); with `weights_key`, the weights come from `model.safetensors.enc`.
+    pub fn load_with_key(
+        dir: &Path,
+        dtype: Dtype,
+        weights_key: Option<&[u8; 32]>,
+    ) -> Result<LoadedModel, ModelError> {
         let files = ModelFiles::in_dir(dir);
         let read = |p: &Path| {
             std::fs::read(p).map_err(|e| ModelError::Io(format!("{}: {e}", p.display())))
@@ -102,17 +127,32 @@ impl LoadedModel {
             )));
         }
         let eos = config.eos_token_id.or_else(|| tokenizer.token_id("</s>"));
-        let weights = Weights::load(&files.weights, dtype.kind())?;
-        let digest = digest::model_digest(
+        let (weights, stored_weights) = match weights_key {
+            Some(key) => Weights::load_encrypted(&files.encrypted_weights, key, dtype.kind())?,
+            None if files.stored_weights() == files.encrypted_weights => {
+                return Err(ModelError::Weights(format!(
+                    "{} is encrypted: its key comes with the sealed settings (--sealed-settings)",
+                    files.encrypted_weights.display()
+                )))
+            }
+            None => {
+                let w = Weights::load(&files.weights, dtype.kind())?;
+                let hash = w.file_hash();
+                (w, hash)
+            }
+        };
+        let (config_hash, tokenizer_hash) = (
             digest::FileHash::of(&config_bytes),
             digest::FileHash::of(&tokenizer_bytes),
-            weights.file_hash(),
         );
+        let digest = digest::model_digest(config_hash, tokenizer_hash, weights.file_hash());
+        let stored_digest = digest::model_digest(config_hash, tokenizer_hash, stored_weights);
         let model = Bloom::new(config, weights, dtype.kind())?;
         Ok(LoadedModel {
             model,
             tokenizer,
             digest,
+            stored_digest,
             eos,
         })
     }

@@ -57,6 +57,47 @@ impl Weights {
         // rewrites it while we load, which the digest taken over the same mapping would then reveal.
         let mmap = unsafe { MmapOptions::new().map_copy(&file) }
             .map_err(|e| ModelError::Io(format!("{}: mmap: {e}", path.display())))?;
+        Self::from_mapping(mmap, path, kind)
+    }
+
+    /// Decrypts `path` (see [`super::encrypted`]) chunk by chunk into anonymous memory and builds the
+    /// tensors from there. Returns the weights and the hash of the file as stored.
+    pub fn load_encrypted(
+        path: &Path,
+        key: &[u8; 32],
+        kind: Kind,
+    ) -> Result<(Weights, FileHash), ModelError> {
+        use super::encrypted::{chunk_count, decrypt_into, read_header, HEADER_LEN};
+        let fail =
+            |e: &dyn std::fmt::Display| ModelError::Weights(format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(path)
+            .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let size = file.metadata().map_err(|e| fail(&e))?.len();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let (len, chunk, header) = read_header(&mut reader).map_err(|e| fail(&e))?;
+        // Check the size before allocating what the header claims.
+        let expected = (HEADER_LEN as u64)
+            .checked_add(len)
+            .and_then(|n| n.checked_add(16 * chunk_count(len, chunk)));
+        if expected != Some(size) {
+            return Err(fail(
+                &"the file's size does not match its header (truncated or extended)",
+            ));
+        }
+        let len = usize::try_from(len).map_err(|_| fail(&"too large"))?;
+        if len == 0 {
+            return Err(fail(&"no weights"));
+        }
+        let mut mmap = MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .map_err(|e| fail(&e))?;
+        let stored =
+            decrypt_into(&mut reader, &header, chunk, &mut mmap, key).map_err(|e| fail(&e))?;
+        Ok((Self::from_mapping(mmap, path, kind)?, stored))
+    }
+
+    fn from_mapping(mmap: MmapMut, path: &Path, kind: Kind) -> Result<Weights, ModelError> {
         let mapping = Arc::new(Mapping(mmap));
         // Hash what is loaded, not what a second read of the file might return.
         let file_hash = FileHash::of(&mapping.0);

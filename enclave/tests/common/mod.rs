@@ -47,9 +47,14 @@ pub fn fixtures() -> &'static Path {
 }
 
 pub fn pins() -> Vec<String> {
+    pins_for(&fixtures().join("model"))
+}
+
+/// `--pcr IDX=HEX` arguments for the emulated PCRs of `model` as stored.
+pub fn pins_for(model: &Path) -> Vec<String> {
     let out = Command::new(bin("confidant-enclave"))
         .args(["measure", "--model"])
-        .arg(fixtures().join("model"))
+        .arg(model)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -106,12 +111,16 @@ pub struct Stack {
 }
 
 pub fn start_enclave(dir: &Path, socket: &Path, extra: &[&str]) -> Proc {
+    start_enclave_with(&fixtures().join("model"), dir, socket, extra)
+}
+
+pub fn start_enclave_with(model: &Path, dir: &Path, socket: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin("confidant-enclave"));
     cmd.arg("serve")
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
         .arg("--model")
-        .arg(fixtures().join("model"))
+        .arg(model)
         .args(["--nsm", "emulated", "--threads", "1", "--dev-ca"])
         .arg(fixtures().join("ca"))
         .args(extra);
@@ -142,9 +151,13 @@ pub fn start_relay(dir: &Path, socket: &Path, extra: &[&str]) -> (Proc, String) 
 
 impl Stack {
     pub fn new(enclave_extra: &[&str], relay_extra: &[&str]) -> Stack {
+        Self::with_model(&fixtures().join("model"), enclave_extra, relay_extra)
+    }
+
+    pub fn with_model(model: &Path, enclave_extra: &[&str], relay_extra: &[&str]) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("enclave.sock");
-        let enclave = start_enclave(dir.path(), &socket, enclave_extra);
+        let enclave = start_enclave_with(model, dir.path(), &socket, enclave_extra);
         let (relay, relay_addr) = start_relay(dir.path(), &socket, relay_extra);
         Stack {
             dir,
