@@ -102,8 +102,23 @@ enum Command {
 }
 
 fn init_logging() {
-    let filter =
+    let mut filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // The SDK and HTTP stack trace requests and responses at debug/trace levels; however verbose
+    // the rest, they stay at warnings (KMS answers are ciphertext, but nothing should rely on that).
+    for quiet in [
+        "aws_smithy_runtime",
+        "aws_smithy_http_client",
+        "aws_sdk_kms",
+        "aws_runtime",
+        "hyper",
+        "hyper_util",
+        "rustls",
+    ] {
+        if let Ok(d) = format!("{quiet}=warn").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
