@@ -222,6 +222,27 @@ fn digest_line(out: &std::process::Output) -> String {
         .to_string()
 }
 
+/// `confidant attest --json`, which must succeed.
+fn attest(stack: &Stack, trust: &[String]) -> serde_json::Value {
+    let out = stack.client(&stack.relay_addr, &["attest", "--json"], trust, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `confidant ask` of `q` for `max_tokens` tokens, which must succeed: the answer.
+fn answer(stack: &Stack, trust: &[String], q: &str, max_tokens: usize) -> String {
+    let n = max_tokens.to_string();
+    let out = stack.client(
+        &stack.relay_addr,
+        &["ask", "--json", "--max-tokens", &n, q],
+        trust,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["answer"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn sealed_settings_reach_only_the_attested_enclave_and_are_attested() {
     let kms = Kms::start(&pins(), &[]);
@@ -252,24 +273,14 @@ fn sealed_settings_reach_only_the_attested_enclave_and_are_attested() {
     // The client sees the digest, and can pin it.
     let mut trust = stack.trusted();
     trust.extend(["--settings-digest".to_string(), digest.clone()]);
-    let out = stack.client(&stack.relay_addr, &["attest", "--json"], &trust, None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = attest(&stack, &trust);
     assert_eq!(v["settings_digest"].as_str(), Some(digest.as_str()));
 
     // The unsealed settings are in force: the system prompt leads the conversation, and the limit
     // caps what a client may ask for.
     let q = "Is a hearing aid covered by my plan?";
-    let out = stack.client(
-        &stack.relay_addr,
-        &["ask", "--json", "--max-tokens", "6", q],
-        &trust,
-        None,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        v["answer"].as_str().unwrap(),
+        answer(&stack, &trust, q, 6),
         expected(SYSTEM_PROMPT, &[q], 6)[0]
     );
     let out = stack.client(
@@ -475,9 +486,7 @@ fn encrypted_weights_load_only_in_the_enclave_that_unseals_their_key() {
         fixtures().join("ca/root.pem").display().to_string(),
     ];
     trust.extend(image_pins);
-    let out = stack.client(&stack.relay_addr, &["attest", "--json"], &trust, None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let attested: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attested = attest(&stack, &trust);
     let plain = confidant_enclave::model::LoadedModel::load(
         &fixtures().join("model"),
         confidant_enclave::model::Dtype::F32,
@@ -489,16 +498,8 @@ fn encrypted_weights_load_only_in_the_enclave_that_unseals_their_key() {
     );
     drop(plain);
     let q = "Does my plan cover physiotherapy?";
-    let out = stack.client(
-        &stack.relay_addr,
-        &["ask", "--json", "--max-tokens", "5", q],
-        &trust,
-        None,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        v["answer"].as_str().unwrap(),
+        answer(&stack, &trust, q, 5),
         expected(SYSTEM_PROMPT, &[q], 5)[0]
     );
 }

@@ -105,7 +105,7 @@ impl TunnelClient {
         }
     }
 
-    /// Sends one request on a fresh connection.
+    /// Sends one request on a fresh connection, within the client's timeout.
     pub async fn send<B>(
         &self,
         request: http::Request<B>,
@@ -115,12 +115,12 @@ impl TunnelClient {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        tokio::time::timeout(self.timeout, self.send_inner(request))
+        tokio::time::timeout(self.timeout, self.exchange(request))
             .await
             .map_err(|_| TransportError::Timeout(self.timeout))?
     }
 
-    async fn send_inner<B>(
+    async fn exchange<B>(
         &self,
         request: http::Request<B>,
     ) -> Result<http::Response<Incoming>, TransportError>
