@@ -50,18 +50,15 @@ struct Raw {
     system_prompt: String,
     #[serde(default = "default_max_new_tokens")]
     max_new_tokens: u32,
-    #[serde(default = "default_default_new_tokens")]
-    default_new_tokens: u32,
+    /// Absent: 64, or `max_new_tokens` if that is lower.
+    #[serde(default)]
+    default_new_tokens: Option<u32>,
     #[serde(default)]
     weights_key: Option<String>,
 }
 
 fn default_max_new_tokens() -> u32 {
     512
-}
-
-fn default_default_new_tokens() -> u32 {
-    64
 }
 
 /// Validated settings.
@@ -102,9 +99,10 @@ impl Settings {
             1,
             MAX_NEW_TOKENS_LIMIT,
         )?;
+        let default_new_tokens = raw.default_new_tokens.unwrap_or(64.min(raw.max_new_tokens));
         range(
             "default_new_tokens",
-            raw.default_new_tokens,
+            default_new_tokens,
             1,
             raw.max_new_tokens,
         )?;
@@ -122,7 +120,7 @@ impl Settings {
         Ok(Settings {
             system_prompt: Zeroizing::new(raw.system_prompt.clone()),
             max_new_tokens: raw.max_new_tokens,
-            default_new_tokens: raw.default_new_tokens,
+            default_new_tokens,
             weights_key,
             digest: digest(bytes),
         })
@@ -201,6 +199,11 @@ mod tests {
         let s = Settings::parse(b"{}").expect("valid");
         assert_eq!((s.max_new_tokens, s.default_new_tokens), (512, 64));
         assert!(s.system_prompt.is_empty() && s.weights_key.is_none());
+        let s = Settings::parse(br#"{"max_new_tokens":16}"#).expect("valid");
+        assert_eq!(
+            s.default_new_tokens, 16,
+            "the default follows a lower limit"
+        );
     }
 
     #[test]
