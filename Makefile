@@ -13,7 +13,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export LD_LIBRARY_PATH := $(TORCH_LIB)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
-.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol bench-model vectors clean
+.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol bench-model bench-boot vectors clean
 
 all: test
 
@@ -85,6 +85,11 @@ bench-model: deps
 	$(VENV)/bin/pip install --quiet transformers
 	$(CARGO) build --release -p confidant-enclave
 	scripts/bench_model.sh
+
+# Boot with sealed settings and encrypted weights against a plain boot (the bench-model weights).
+bench-boot: deps
+	$(CARGO) build --release -p confidant-enclave
+	scripts/bench_boot.sh
 
 # Regenerates the synthetic attestation vectors (new keys each time; commit the result).
 vectors:

@@ -119,37 +119,51 @@ pub fn read_header(
     Ok((len, chunk, header))
 }
 
-/// Decrypts the chunks after `header` from `input` into `out` (exactly the plaintext length),
-/// chunk by chunk; returns the length and SHA-256 of the file as stored.
+/// What [`decrypt_into`] read and wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decrypted {
+    /// Length and SHA-256 of the file as stored (header and chunks).
+    pub stored: FileHash,
+    /// Length and SHA-256 of the plaintext, hashed chunk by chunk while it is still in cache.
+    pub plaintext: FileHash,
+}
+
+/// Decrypts the chunks after `header` from `input` into `out` (exactly the plaintext length), each
+/// chunk read straight into its place and opened there.
 pub fn decrypt_into(
     input: &mut impl Read,
     header: &[u8; HEADER_LEN],
     chunk: u32,
     out: &mut [u8],
     key_bytes: &[u8; 32],
-) -> Result<FileHash, EncryptedWeightsError> {
+) -> Result<Decrypted, EncryptedWeightsError> {
     use sha2::{Digest, Sha256};
-    let mut stored = Sha256::new();
+    let (mut stored, mut plaintext) = (Sha256::new(), Sha256::new());
     stored.update(header);
-    let mut stored_len = HEADER_LEN as u64;
     let prefix: [u8; 7] = header[20..27].try_into().unwrap_or_default();
     let key = key(key_bytes)?;
     let len = out.len() as u64;
     let n = chunk_count(len, chunk);
-    let mut buf = vec![0u8; chunk as usize + TAG_LEN];
+    let mut tag = [0u8; TAG_LEN];
     for i in 0..n {
-        let size = (len - i * u64::from(chunk)).min(u64::from(chunk)) as usize;
-        let sealed = &mut buf[..size + TAG_LEN];
-        input
-            .read_exact(sealed)
-            .map_err(|_| EncryptedWeightsError::Truncated(i))?;
-        stored.update(&*sealed);
-        stored_len += sealed.len() as u64;
-        let plain = key
-            .open_in_place(nonce(&prefix, i, i + 1 == n)?, Aad::from(header), sealed)
-            .map_err(|_| EncryptedWeightsError::Chunk(i))?;
         let at = (i * u64::from(chunk)) as usize;
-        out[at..at + size].copy_from_slice(plain);
+        let size = (len - i * u64::from(chunk)).min(u64::from(chunk)) as usize;
+        let place = &mut out[at..at + size];
+        input
+            .read_exact(place)
+            .and_then(|()| input.read_exact(&mut tag))
+            .map_err(|_| EncryptedWeightsError::Truncated(i))?;
+        stored.update(&*place);
+        stored.update(tag);
+        let opened = key
+            .open_in_place_separate_tag(
+                nonce(&prefix, i, i + 1 == n)?,
+                Aad::from(header),
+                &tag,
+                place,
+            )
+            .map_err(|_| EncryptedWeightsError::Chunk(i))?;
+        plaintext.update(&*opened);
     }
     let mut extra = [0u8; 1];
     if input
@@ -159,9 +173,15 @@ pub fn decrypt_into(
     {
         return Err(EncryptedWeightsError::TrailingBytes);
     }
-    Ok(FileHash {
-        len: stored_len,
-        sha256: stored.finalize().into(),
+    Ok(Decrypted {
+        stored: FileHash {
+            len: HEADER_LEN as u64 + len + n * TAG_LEN as u64,
+            sha256: stored.finalize().into(),
+        },
+        plaintext: FileHash {
+            len,
+            sha256: plaintext.finalize().into(),
+        },
     })
 }
 
@@ -181,8 +201,9 @@ mod tests {
         let mut input = file;
         let (len, chunk, header) = read_header(&mut input)?;
         let mut out = vec![0u8; len as usize];
-        let stored = decrypt_into(&mut input, &header, chunk, &mut out, key)?;
-        assert_eq!(stored, FileHash::of(file));
+        let done = decrypt_into(&mut input, &header, chunk, &mut out, key)?;
+        assert_eq!(done.stored, FileHash::of(file));
+        assert_eq!(done.plaintext, FileHash::of(&out));
         Ok(out)
     }
 

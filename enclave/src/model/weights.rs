@@ -57,7 +57,7 @@ impl Weights {
         // rewrites it while we load, which the digest taken over the same mapping would then reveal.
         let mmap = unsafe { MmapOptions::new().map_copy(&file) }
             .map_err(|e| ModelError::Io(format!("{}: mmap: {e}", path.display())))?;
-        Self::from_mapping(mmap, path, kind)
+        Self::from_mapping(mmap, path, kind, None)
     }
 
     /// Decrypts `path` (see [`super::encrypted`]) chunk by chunk into anonymous memory and builds the
@@ -88,19 +88,30 @@ impl Weights {
         if len == 0 {
             return Err(fail(&"no weights"));
         }
+        // Populated up front: one pass of the kernel instead of a fault per page.
         let mut mmap = MmapOptions::new()
             .len(len)
+            .populate()
             .map_anon()
             .map_err(|e| fail(&e))?;
-        let stored =
+        let done =
             decrypt_into(&mut reader, &header, chunk, &mut mmap, key).map_err(|e| fail(&e))?;
-        Ok((Self::from_mapping(mmap, path, kind)?, stored))
+        Ok((
+            Self::from_mapping(mmap, path, kind, Some(done.plaintext))?,
+            done.stored,
+        ))
     }
 
-    fn from_mapping(mmap: MmapMut, path: &Path, kind: Kind) -> Result<Weights, ModelError> {
+    /// `file_hash`: the hash of the mapping's bytes when already taken (while decrypting).
+    fn from_mapping(
+        mmap: MmapMut,
+        path: &Path,
+        kind: Kind,
+        file_hash: Option<FileHash>,
+    ) -> Result<Weights, ModelError> {
         let mapping = Arc::new(Mapping(mmap));
         // Hash what is loaded, not what a second read of the file might return.
-        let file_hash = FileHash::of(&mapping.0);
+        let file_hash = file_hash.unwrap_or_else(|| FileHash::of(&mapping.0));
         let base = mapping.0.as_ptr() as usize;
         let st = SafeTensors::deserialize(&mapping.0)
             .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;

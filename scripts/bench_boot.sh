@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Boot cost of sealed settings and encrypted weights: time from `serve` to its `listening` line for
+# (a) the plain model, no settings — the baseline — and (b) the same weights encrypted, settings with
+# the weights key unsealed through KMS (moto behind confidant-kms-gate). Emulated NSM, release
+# binaries, N alternating rounds (default 3), medians; prints one JSON object.
+# MODEL: a model directory (default: the 2.2 GB random bloom-560m of `make bench-model`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release
+N=${N:-3}
+SRC=${MODEL:-target/bench-bloom-560m}
+[ -f "$SRC/model.safetensors" ] || { echo "no $SRC/model.safetensors (make bench-model makes it)"; exit 2; }
+D=$(mktemp -d)
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$D"' EXIT
+"$BIN/confidant-enclave" dev-ca --out "$D/ca" 2>/dev/null
+"$BIN/confidant-enclave" demo-model --out "$D/demo" 2>/dev/null
+mkdir "$D/plain" "$D/enc"
+ln -s "$(realpath "$SRC/model.safetensors")" "$D/plain/model.safetensors"
+for m in plain enc; do
+  cp "$SRC/config.json" "$D/$m/"
+  if [ -f "$SRC/tokenizer.json" ]; then cp "$SRC/tokenizer.json" "$D/$m/"; else cp "$D/demo/tokenizer.json" "$D/$m/"; fi
+done
+echo '{"max_new_tokens":64}' > "$D/settings.json"
+cp "$D/plain/model.safetensors" "$D/enc/model.safetensors"
+"$BIN/confidant-enclave" encrypt-weights --model "$D/enc" --settings "$D/settings.json" 2>/dev/null
+rm "$D/enc/model.safetensors"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+.venv/bin/moto_server -H 127.0.0.1 -p "$PORT" > /dev/null 2>&1 &
+pids+=($!)
+PINS=$("$BIN/confidant-enclave" measure --model "$D/enc" | sed 's/^/--pcr /' | tr '\n' ' ')
+# shellcheck disable=SC2086
+"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$PORT" --root "$D/ca/root.pem" $PINS > "$D/gate.out" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 300); do grep -q listening "$D/gate.out" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+GATE=$(awk '{print $2}' "$D/gate.out")
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+KEY=$(.venv/bin/python -c "import boto3; print(boto3.client('kms', region_name='us-east-1', endpoint_url='http://127.0.0.1:$PORT').create_key()['KeyMetadata']['Arn'])")
+"$BIN/confidant-enclave" seal --key-id "$KEY" --in "$D/settings.json" --out "$D/settings.sealed" --kms-endpoint "http://$GATE" > /dev/null 2>&1
+
+# Milliseconds from start to the listening line.
+boot() {
+  local out=$D/serve.out start
+  start=$(date +%s%N)
+  "$BIN/confidant-enclave" serve --listen "unix:$D/e.sock" --nsm emulated --dev-ca "$D/ca" --threads 2 "$@" > "$out" 2> "$D/serve.log" &
+  local pid=$!
+  while ! grep -q listening "$out" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { cat "$D/serve.log" >&2; exit 1; }
+    sleep 0.01
+  done
+  echo $(( ($(date +%s%N) - start) / 1000000 ))
+  kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$D/e.sock"
+}
+plain=(); sealed=()
+for _ in $(seq "$N"); do
+  plain+=("$(boot --model "$D/plain")")
+  sealed+=("$(boot --model "$D/enc" --sealed-settings "$D/settings.sealed" --kms-endpoint "http://$GATE")")
+done
+python3 - "$(stat -L -c %s "$D/plain/model.safetensors")" "${plain[*]}" "${sealed[*]}" <<'PY'
+import json, statistics, sys
+size, plain, sealed = int(sys.argv[1]), [int(x) for x in sys.argv[2].split()], [int(x) for x in sys.argv[3].split()]
+p, s = statistics.median(plain), statistics.median(sealed)
+print(json.dumps({"weights_bytes": size, "boot_ms_plain": plain, "boot_ms_sealed_encrypted": sealed,
+                  "median_plain_ms": p, "median_sealed_encrypted_ms": s, "ratio": round(s / p, 2),
+                  "extra_ms": s - p}))
+PY
