@@ -13,7 +13,7 @@ SRC=${MODEL:-target/bench-bloom-560m}
 [ -f "$SRC/model.safetensors" ] || { echo "no $SRC/model.safetensors (make bench-model makes it)"; exit 2; }
 D=$(mktemp -d)
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$D"' EXIT
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$D"' EXIT
 "$BIN/confidant-enclave" dev-ca --out "$D/ca" 2>/dev/null
 "$BIN/confidant-enclave" demo-model --out "$D/demo" 2>/dev/null
 mkdir "$D/plain" "$D/enc"
