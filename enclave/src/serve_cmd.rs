@@ -130,10 +130,12 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
         }
     };
     let weights_key = settings.as_ref().and_then(|s| s.weights_key.as_deref());
-    let model = LoadedModel::load_with_key(&args.model, args.dtype, weights_key)
-        .map_err(|e| format!("loading the model: {e}"))?;
+    // Only the emulation measures the files as stored (Nitro measures the image itself).
+    let model =
+        LoadedModel::load_with_key(&args.model, args.dtype, weights_key, measured.is_some())
+            .map_err(|e| format!("loading the model: {e}"))?;
     let settings = settings.map(|s| s.digest); // the weights key is dropped (zeroized) here
-    if measured.is_some_and(|m| m != model.stored_digest) {
+    if measured.is_some() && measured != model.stored_digest {
         return Err("the model files changed between measuring and loading".into());
     }
     let digest = model.digest;

@@ -387,13 +387,14 @@ fn encrypted_weights_load_with_their_key_only_and_digest_as_the_plain_model() {
     std::fs::write(&enc, &sealed).unwrap();
 
     let reference = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
-    let loaded = LoadedModel::load_with_key(dir.path(), Dtype::F32, Some(&key)).unwrap();
+    let loaded = LoadedModel::load_with_key(dir.path(), Dtype::F32, Some(&key), true).unwrap();
     assert_eq!(
         loaded.digest, reference.digest,
         "the digest is over the weights as loaded"
     );
     assert_ne!(
-        loaded.stored_digest, loaded.digest,
+        loaded.stored_digest,
+        Some(loaded.digest),
         "the stored digest is over the encrypted file"
     );
     let ids = reference
@@ -413,6 +414,7 @@ fn encrypted_weights_load_with_their_key_only_and_digest_as_the_plain_model() {
         dir.path(),
         Dtype::F32,
         Some(&[1; 32]),
+        false,
     ));
     assert!(wrong.contains("chunk 0 failed authentication"), "{wrong}");
     std::fs::write(&enc, &sealed[..sealed.len() - 100]).unwrap();
@@ -420,6 +422,7 @@ fn encrypted_weights_load_with_their_key_only_and_digest_as_the_plain_model() {
         dir.path(),
         Dtype::F32,
         Some(&key),
+        false,
     ));
     assert!(cut.contains("does not match its header"), "{cut}");
 }

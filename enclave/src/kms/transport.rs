@@ -50,6 +50,20 @@ pub enum TransportError {
     Timeout(Duration),
 }
 
+/// A request body hyper can send from a spawned connection.
+pub trait RequestBody:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -106,29 +120,19 @@ impl TunnelClient {
     }
 
     /// Sends one request on a fresh connection, within the client's timeout.
-    pub async fn send<B>(
+    pub async fn send<B: RequestBody>(
         &self,
         request: http::Request<B>,
-    ) -> Result<http::Response<Incoming>, TransportError>
-    where
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) -> Result<http::Response<Incoming>, TransportError> {
         tokio::time::timeout(self.timeout, self.exchange(request))
             .await
             .map_err(|_| TransportError::Timeout(self.timeout))?
     }
 
-    async fn exchange<B>(
+    async fn exchange<B: RequestBody>(
         &self,
         request: http::Request<B>,
-    ) -> Result<http::Response<Incoming>, TransportError>
-    where
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) -> Result<http::Response<Incoming>, TransportError> {
         let (mut parts, body) = request.into_parts();
         let host = parts.uri.host().ok_or(TransportError::NoHost)?.to_string();
         let authority = parts

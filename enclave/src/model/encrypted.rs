@@ -122,24 +122,29 @@ pub fn read_header(
 /// What [`decrypt_into`] read and wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decrypted {
-    /// Length and SHA-256 of the file as stored (header and chunks).
-    pub stored: FileHash,
+    /// Length and SHA-256 of the file as stored (header and chunks), when asked for.
+    pub stored: Option<FileHash>,
     /// Length and SHA-256 of the plaintext, hashed chunk by chunk while it is still in cache.
     pub plaintext: FileHash,
 }
 
 /// Decrypts the chunks after `header` from `input` into `out` (exactly the plaintext length), each
-/// chunk read straight into its place and opened there.
+/// chunk read straight into its place and opened there. `hash_stored`: also hash the file as stored
+/// (a whole extra pass of SHA-256, so only when a measurement needs it).
 pub fn decrypt_into(
     input: &mut impl Read,
     header: &[u8; HEADER_LEN],
     chunk: u32,
     out: &mut [u8],
     key_bytes: &[u8; 32],
+    hash_stored: bool,
 ) -> Result<Decrypted, EncryptedWeightsError> {
     use sha2::{Digest, Sha256};
-    let (mut stored, mut plaintext) = (Sha256::new(), Sha256::new());
-    stored.update(header);
+    let mut stored = hash_stored.then(Sha256::new);
+    let mut plaintext = Sha256::new();
+    if let Some(h) = &mut stored {
+        h.update(header);
+    }
     let prefix: [u8; 7] = header[20..27].try_into().unwrap_or_default();
     let key = key(key_bytes)?;
     let len = out.len() as u64;
@@ -153,8 +158,10 @@ pub fn decrypt_into(
             .read_exact(place)
             .and_then(|()| input.read_exact(&mut tag))
             .map_err(|_| EncryptedWeightsError::Truncated(i))?;
-        stored.update(&*place);
-        stored.update(tag);
+        if let Some(h) = &mut stored {
+            h.update(&*place);
+            h.update(tag);
+        }
         let opened = key
             .open_in_place_separate_tag(
                 nonce(&prefix, i, i + 1 == n)?,
@@ -174,10 +181,10 @@ pub fn decrypt_into(
         return Err(EncryptedWeightsError::TrailingBytes);
     }
     Ok(Decrypted {
-        stored: FileHash {
+        stored: stored.map(|h| FileHash {
             len: HEADER_LEN as u64 + len + n * TAG_LEN as u64,
-            sha256: stored.finalize().into(),
-        },
+            sha256: h.finalize().into(),
+        }),
         plaintext: FileHash {
             len,
             sha256: plaintext.finalize().into(),
@@ -201,8 +208,8 @@ mod tests {
         let mut input = file;
         let (len, chunk, header) = read_header(&mut input)?;
         let mut out = vec![0u8; len as usize];
-        let done = decrypt_into(&mut input, &header, chunk, &mut out, key)?;
-        assert_eq!(done.stored, FileHash::of(file));
+        let done = decrypt_into(&mut input, &header, chunk, &mut out, key, true)?;
+        assert_eq!(done.stored, Some(FileHash::of(file)));
         assert_eq!(done.plaintext, FileHash::of(&out));
         Ok(out)
     }

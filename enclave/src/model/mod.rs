@@ -91,8 +91,8 @@ pub struct LoadedModel {
     /// `model` in the attestation `user_data`: over the bytes as loaded (decrypted weights included).
     pub digest: [u8; 32],
     /// The same digest over the files as stored (the encrypted weights file, when encrypted): what
-    /// the emulated NSM's PCR0 measures.
-    pub stored_digest: [u8; 32],
+    /// the emulated NSM's PCR0 measures. Absent for encrypted weights unless asked for.
+    pub stored_digest: Option<[u8; 32]>,
     /// End-of-sequence token, from the config (or the tokenizer's `</s>`).
     pub eos: Option<i64>,
 }
@@ -100,14 +100,16 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads config, tokenizer and weights from `dir`; the digest covers the bytes as loaded.
     pub fn load(dir: &Path, dtype: Dtype) -> Result<LoadedModel, ModelError> {
-        Self::load_with_key(dir, dtype, None)
+        Self::load_with_key(dir, dtype, None, true)
     }
 
-    /// As [`load`](Self::load); with `weights_key`, the weights come from `model.safetensors.enc`.
+    /// As [`load`](Self::load); with `weights_key`, the weights come from `model.safetensors.enc`,
+    /// and `hash_stored` says whether to hash that file as stored too (for a measurement).
     pub fn load_with_key(
         dir: &Path,
         dtype: Dtype,
         weights_key: Option<&[u8; 32]>,
+        hash_stored: bool,
     ) -> Result<LoadedModel, ModelError> {
         let files = ModelFiles::in_dir(dir);
         let read = |p: &Path| {
@@ -128,7 +130,9 @@ impl LoadedModel {
         }
         let eos = config.eos_token_id.or_else(|| tokenizer.token_id("</s>"));
         let (weights, stored_weights) = match weights_key {
-            Some(key) => Weights::load_encrypted(&files.encrypted_weights, key, dtype.kind())?,
+            Some(key) => {
+                Weights::load_encrypted(&files.encrypted_weights, key, dtype.kind(), hash_stored)?
+            }
             None if files.stored_weights() == files.encrypted_weights => {
                 return Err(ModelError::Weights(format!(
                     "{} is encrypted: its key comes with the sealed settings (--sealed-settings)",
@@ -138,7 +142,7 @@ impl LoadedModel {
             None => {
                 let w = Weights::load(&files.weights, dtype.kind())?;
                 let hash = w.file_hash();
-                (w, hash)
+                (w, Some(hash))
             }
         };
         let (config_hash, tokenizer_hash) = (
@@ -146,7 +150,8 @@ impl LoadedModel {
             digest::FileHash::of(&tokenizer_bytes),
         );
         let digest = digest::model_digest(config_hash, tokenizer_hash, weights.file_hash());
-        let stored_digest = digest::model_digest(config_hash, tokenizer_hash, stored_weights);
+        let stored_digest =
+            stored_weights.map(|w| digest::model_digest(config_hash, tokenizer_hash, w));
         let model = Bloom::new(config, weights, dtype.kind())?;
         Ok(LoadedModel {
             model,

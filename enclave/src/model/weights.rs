@@ -61,12 +61,13 @@ impl Weights {
     }
 
     /// Decrypts `path` (see [`super::encrypted`]) chunk by chunk into anonymous memory and builds the
-    /// tensors from there. Returns the weights and the hash of the file as stored.
+    /// tensors from there. Returns the weights and, with `hash_stored`, the hash of the file as stored.
     pub fn load_encrypted(
         path: &Path,
         key: &[u8; 32],
         kind: Kind,
-    ) -> Result<(Weights, FileHash), ModelError> {
+        hash_stored: bool,
+    ) -> Result<(Weights, Option<FileHash>), ModelError> {
         use super::encrypted::{chunk_count, decrypt_into, read_header, HEADER_LEN};
         let fail =
             |e: &dyn std::fmt::Display| ModelError::Weights(format!("{}: {e}", path.display()));
@@ -94,8 +95,8 @@ impl Weights {
             .populate()
             .map_anon()
             .map_err(|e| fail(&e))?;
-        let done =
-            decrypt_into(&mut reader, &header, chunk, &mut mmap, key).map_err(|e| fail(&e))?;
+        let done = decrypt_into(&mut reader, &header, chunk, &mut mmap, key, hash_stored)
+            .map_err(|e| fail(&e))?;
         Ok((
             Self::from_mapping(mmap, path, kind, Some(done.plaintext))?,
             done.stored,
