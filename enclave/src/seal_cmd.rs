@@ -115,7 +115,6 @@ pub fn encrypt_weights(args: EncryptWeightsArgs) -> Result<u8, String> {
         serde_json::Value::String(hex::encode(key.as_ref())),
     );
     let updated = Zeroizing::new(serde_json::to_vec_pretty(&settings).map_err(|e| e.to_string())?);
-    settings.clear();
     Settings::parse(&updated).map_err(|e| e.to_string())?;
     write_new(&args.settings, &updated)?;
     eprintln!(
