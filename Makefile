@@ -10,7 +10,12 @@ PYVER := $(shell python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.vers
 TORCH_LIB := $(VENV)/lib/python$(PYVER)/site-packages/torch/lib
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
-export LIBTORCH_USE_PYTORCH := 1
+# tch finds libtorch in the wheel directly rather than by importing torch in Python
+# (LIBTORCH_USE_PYTORCH), which would need the CUDA libraries the slim install below leaves out.
+# The 2.13.0 wheels use the C++11 ABI.
+export LIBTORCH := $(VENV)/lib/python$(PYVER)/site-packages/torch
+export LIBTORCH_CXX11_ABI := 1
+unexport LIBTORCH_USE_PYTORCH
 export LD_LIBRARY_PATH := $(TORCH_LIB)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
 .PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol bench-model bench-boot vectors clean
