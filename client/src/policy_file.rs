@@ -146,9 +146,8 @@ mod tests {
 
     #[test]
     fn command_line_overrides_the_file() {
-        let dir = std::env::temp_dir().join(format!("confidant-policy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("policy.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
         let pcr = "ab".repeat(48);
         std::fs::write(
             &path,
@@ -174,10 +173,8 @@ mod tests {
 
     #[test]
     fn rejects_typos_bad_hex_and_bad_pins() {
-        let dir =
-            std::env::temp_dir().join(format!("confidant-policy-typo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("policy.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
         std::fs::write(&path, "max_age_sec = 60\n").unwrap();
         assert!(matches!(
             build_policy(

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -22,7 +24,7 @@ fn reference_dir() -> PathBuf {
 fn demo_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::process_scratch_dir();
         write_demo_model(dir.path(), DemoSpec::default()).unwrap();
         dir
     })

@@ -28,11 +28,34 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A directory for the whole test process, under cargo's `target/tmp`. A static is never dropped, so
+/// each run removes the ones left by test processes that have ended instead of leaking them.
+pub fn process_scratch_dir() -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let owner = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("run-"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("run-{}-", std::process::id()))
+        .tempdir_in(root)
+        .unwrap()
+}
+
 /// The demo model and a development CA, made once for all tests.
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = process_scratch_dir();
         write_demo_model(&dir.path().join("model"), DemoSpec::default()).unwrap();
         let status = Command::new(bin("confidant-enclave"))
             .arg("dev-ca")
