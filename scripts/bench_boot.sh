@@ -31,9 +31,15 @@ rm "$D/enc/model.safetensors"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 .venv/bin/moto_server -H 127.0.0.1 -p "$PORT" > /dev/null 2>&1 &
 pids+=($!)
-PINS=$("$BIN/confidant-enclave" measure --model "$D/enc" | sed 's/^/--pcr /' | tr '\n' ' ')
-# shellcheck disable=SC2086
-"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$PORT" --root "$D/ca/root.pem" $PINS > "$D/gate.out" 2>/dev/null &
+# The key policy admitting the image of MODEL, for the gate.
+policy() {
+  # shellcheck disable=SC2046
+  "$BIN/confidant-enclave" kms-policy --account 111122223333 --admin-role arn:aws:iam::111122223333:role/KeyAdmin \
+    --operator-role arn:aws:iam::111122223333:role/Operator \
+    $("$BIN/confidant-enclave" measure --model "$1" | sed 's/^/--pcr /')
+}
+policy "$D/enc" > "$D/policy.json"
+"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$PORT" --root "$D/ca/root.pem" --policy "$D/policy.json" > "$D/gate.out" 2>/dev/null &
 pids+=($!)
 for _ in $(seq 300); do grep -q listening "$D/gate.out" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 GATE=$(awk '{print $2}' "$D/gate.out")
@@ -62,9 +68,8 @@ for _ in $(seq "$N"); do
   sealed+=("$(boot --model "$D/enc" --sealed-settings "$D/settings.sealed" --kms-endpoint "http://$GATE")")
 done
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-PINS=$("$BIN/confidant-enclave" measure --model "$D/plain" | sed 's/^/--pcr /' | tr '\n' ' ')
-# shellcheck disable=SC2086
-"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$PORT" --root "$D/ca/root.pem" $PINS > "$D/gate2.out" 2>/dev/null &
+policy "$D/plain" > "$D/policy2.json"
+"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$PORT" --root "$D/ca/root.pem" --policy "$D/policy2.json" > "$D/gate2.out" 2>/dev/null &
 pids+=($!)
 for _ in $(seq 300); do grep -q listening "$D/gate2.out" 2>/dev/null && break; sleep 0.1; done
 GATE=$(awk '{print $2}' "$D/gate2.out")

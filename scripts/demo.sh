@@ -23,7 +23,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-# The PCRs the emulated NSM will report: the KMS gate requires them, the client pins them.
+# The PCRs the emulated NSM will report: the key policy requires them, the client pins them.
 PINS=()
 while read -r pcr; do PINS+=(--pcr "$pcr"); done < <("$BIN/confidant-enclave" measure --model "$MODEL")
 
@@ -31,7 +31,10 @@ echo "== sealing the settings under a KMS key (moto behind confidant-kms-gate, a
 MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 .venv/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT" > "$DEMO/moto.log" 2>&1 &
 pids+=($!)
-"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$MOTO_PORT" --root "$DEMO/ca/root.pem" "${PINS[@]}" \
+# The key policy, as an operator would put it on the key in AWS; the gate enforces it for moto.
+"$BIN/confidant-enclave" kms-policy --account 111122223333 --admin-role arn:aws:iam::111122223333:role/KeyAdmin \
+  --operator-role arn:aws:iam::111122223333:role/Operator "${PINS[@]}" > "$DEMO/key-policy.json"
+"$BIN/confidant-kms-gate" --upstream "127.0.0.1:$MOTO_PORT" --root "$DEMO/ca/root.pem" --policy "$DEMO/key-policy.json" \
   > "$DEMO/gate.out" 2> "$DEMO/gate.log" &
 pids+=($!)
 for _ in $(seq 300); do
@@ -78,6 +81,6 @@ echo "   (the demo model has random weights: the answer is random text, streamed
 "$BIN/confidant" ask "${TRUST[@]}" --max-tokens 48 --temperature 0.9 --top-p 0.95 --seed 7 "$QUESTION"
 echo "== what the relay saw (counts and timings only):"
 grep -E "stream|connection" "$DEMO/relay.log" | tail -3 | sed 's/^/   /'
-echo "== the KMS gate released the settings key only to the attested enclave:"
+echo "== the KMS gate, enforcing the key policy, released the settings key only to the attested enclave:"
 sed 's/^/   /' "$DEMO/gate.log"
 echo "== done; stopping the enclave, the relay and the KMS"

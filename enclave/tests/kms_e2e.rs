@@ -16,6 +16,22 @@ use confidant_enclave::kms::sealed::SealedFile;
 
 const REGION: &str = "us-east-1";
 const SYSTEM_PROMPT: &str = "You answer health-benefit questions briefly.";
+const ACCOUNT: &str = "123456789012";
+const ADMIN: &str = "arn:aws:iam::123456789012:role/KeyAdmin";
+const OPERATOR: &str = "arn:aws:iam::123456789012:role/Operator";
+
+/// `confidant-enclave kms-policy` for these `--pcr IDX=HEX` arguments: the key policy the gate
+/// enforces, as AWS KMS would.
+fn key_policy(pcr_args: &[String]) -> Vec<u8> {
+    let out = Command::new(bin("confidant-enclave"))
+        .args(["kms-policy", "--account", ACCOUNT, "--admin-role", ADMIN])
+        .args(["--operator-role", OPERATOR])
+        .args(pcr_args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    out.stdout
+}
 
 /// moto's `moto_server`: $MOTO_SERVER, else the project's virtualenv (`make deps` installs it).
 fn moto_server() -> PathBuf {
@@ -42,9 +58,11 @@ struct Kms {
 }
 
 impl Kms {
-    /// `gate_pcrs` are the measurements the gate (the key policy) requires.
+    /// `gate_pcrs` (`--pcr IDX=HEX` arguments) are the measurements the key policy requires.
     fn start(gate_pcrs: &[String], gate_extra: &[&str]) -> Kms {
         let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.json");
+        std::fs::write(&policy, key_policy(gate_pcrs)).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -70,7 +88,8 @@ impl Kms {
         let mut cmd = Command::new(bin("confidant-kms-gate"));
         cmd.args(["--upstream", &moto_addr, "--root"])
             .arg(fixtures().join("ca/root.pem"))
-            .args(gate_pcrs)
+            .arg("--policy")
+            .arg(&policy)
             .args(gate_extra);
         let (gate, line) = start(&mut cmd, dir.path().join("gate.log"));
         let gate_addr = line.split_whitespace().nth(1).unwrap().to_string();
@@ -337,10 +356,104 @@ fn an_enclave_with_other_pcrs_is_refused_by_the_key_policy() {
     );
     assert!(err.contains("refusing to serve"), "{err}");
     assert!(
-        kms.gate_log().contains("refused (pcr_mismatch)"),
+        kms.gate_log().contains(
+            "refused by the key policy: no statement allows it (not satisfied: \
+             EnclaveDecryptsWithMatchingAttestation: kms:RecipientAttestation:PCR0)"
+        ),
         "{}",
         kms.gate_log()
     );
+}
+
+#[test]
+fn kms_policy_binds_decrypt_to_the_measurements() {
+    let pins = pins();
+    let policy: serde_json::Value = serde_json::from_slice(&key_policy(&pins)).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let allow = statements
+        .iter()
+        .find(|s| s["Effect"] == "Allow" && s["Action"] == "kms:Decrypt")
+        .unwrap();
+    let required = allow["Condition"]["StringEqualsIgnoreCase"]
+        .as_object()
+        .unwrap();
+    // Exactly the PCRs `measure` printed, as condition keys.
+    let want: Vec<(String, String)> = pins
+        .iter()
+        .filter(|a| *a != "--pcr")
+        .map(|p| {
+            let (i, v) = p.split_once('=').unwrap();
+            (format!("kms:RecipientAttestation:PCR{i}"), v.to_lowercase())
+        })
+        .collect();
+    let got: Vec<(String, String)> = required
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for w in &want {
+        assert!(got.contains(w), "{w:?} missing from {got:?}");
+    }
+    assert_eq!(
+        allow["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"],
+        "confidant-settings"
+    );
+    assert!(statements.iter().any(|s| s["Effect"] == "Deny"
+        && s["Action"] == "kms:Decrypt"
+        && s["Condition"]["Null"]["kms:RecipientAttestation:ImageSha384"] == "true"));
+
+    // Bad input: a clear error on stderr, nothing on stdout.
+    let out = Command::new(bin("confidant-enclave"))
+        .args(["kms-policy", "--account", ACCOUNT, "--admin-role", ADMIN])
+        .args(["--pcr", "0=zz"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("PCR0 is not 96 hex digits"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_parent_cannot_open_the_sealed_data_key_itself() {
+    let kms = Kms::start(&pins(), &[]);
+    let (out, sealed) = kms.seal(&settings_json());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = SealedFile::parse(&std::fs::read(&sealed).unwrap()).unwrap();
+    // The operator's credentials, the right key, blob and context, but no attestation: the key
+    // policy's explicit Deny refuses, so only an attested enclave ever holds the data key.
+    let gate = sdk(&kms.gate_addr);
+    let err = runtime().block_on(async {
+        gate.decrypt()
+            .key_id(&kms.key_arn)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(file.data_key_blob))
+            .encryption_context("purpose", "confidant-settings")
+            .send()
+            .await
+            .unwrap_err()
+    });
+    let err = format!("{:?}", aws_sdk_kms::error::DisplayErrorContext(err));
+    assert!(err.contains("AccessDeniedException"), "{err}");
+    assert!(
+        kms.gate_log()
+            .contains("kms:Decrypt: refused by the key policy: denied by statement DenyDecryptWithoutAttestation"),
+        "{}",
+        kms.gate_log()
+    );
+    // Nor may it make data keys for another purpose under this key.
+    let err = runtime().block_on(async {
+        gate.generate_data_key()
+            .key_id(&kms.key_arn)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .send()
+            .await
+            .unwrap_err()
+    });
+    let err = format!("{:?}", aws_sdk_kms::error::DisplayErrorContext(err));
+    assert!(err.contains("AccessDeniedException"), "{err}");
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! `confidant-kms-gate`: the attestation gate in front of a KMS-compatible test server (moto).
 //!
 //! moto implements the KMS API but ignores `Recipient` and key policies. The gate adds what AWS KMS
-//! does for Nitro Enclaves: for `Decrypt` with a `Recipient`, it verifies the attestation document
-//! against the given root and requires the given PCRs (as a key policy's
-//! `kms:RecipientAttestation:PCRn` conditions do), forwards the call without the recipient, and
-//! returns the plaintext only as `CiphertextForRecipient` — CMS EnvelopedData to the document's
-//! public key — never as `Plaintext`. Every other call passes through unchanged. For tests and the
-//! local demo only.
+//! does for Nitro Enclaves: it evaluates every call against the key policy (`kms-policy`'s output;
+//! see `policy.rs` for the subset enforced). For `Decrypt` with a `Recipient`, it first verifies the
+//! attestation document against the given root, so the policy's `kms:RecipientAttestation:*`
+//! conditions see its PCRs; it forwards the call without the recipient and returns the plaintext
+//! only as `CiphertextForRecipient` — CMS EnvelopedData to the document's public key — never as
+//! `Plaintext`. Allowed calls otherwise pass through unchanged. For tests and the local demo only.
 
+mod policy;
+
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +28,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
+
+use policy::{Decision, Facts, KeyPolicy};
 
 /// Request bodies larger than this are refused (KMS's own limit is far below).
 const MAX_BODY: usize = 1 << 20;
@@ -45,14 +50,14 @@ struct Args {
     /// Root certificate (PEM) attestation documents must chain to.
     #[arg(long, value_name = "PEM")]
     root: PathBuf,
-    /// Required PCR value, IDX=HEX; repeatable. At least one.
-    #[arg(long = "pcr", value_name = "IDX=HEX", required = true)]
-    pcrs: Vec<String>,
+    /// The key policy to enforce (JSON, as `confidant-enclave kms-policy` prints it).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
     /// Oldest acceptable document, in seconds.
     #[arg(long, default_value_t = 300)]
     max_age: u64,
-    /// TEST ONLY: ignore `Recipient` and pass moto's `Plaintext` through, as a KMS that ignored the
-    /// attestation would.
+    /// TEST ONLY: ignore `Recipient` and the key policy and pass moto's `Plaintext` through, as a
+    /// KMS that ignored the attestation would.
     #[arg(long, hide = true)]
     ignore_recipient_test_only: bool,
 }
@@ -60,7 +65,9 @@ struct Args {
 struct Gate {
     upstream: String,
     verifier: Verifier,
-    policy: Policy,
+    /// Chain and freshness only: the PCRs are the key policy's to judge.
+    document_policy: Policy,
+    key_policy: KeyPolicy,
     ignore_recipient: bool,
 }
 
@@ -81,24 +88,19 @@ fn run(args: Args) -> Result<(), String> {
     let roots = confidant_certs::pem::certificates_from_pem(&pem)
         .map_err(|e| format!("{}: {e}", args.root.display()))?;
     let verifier = Verifier::new(roots).map_err(|e| format!("--root: {}", e.detail()))?;
-    let mut policy = Policy {
+    let document_policy = Policy {
         max_age_ms: Some(args.max_age * 1000),
         ..Policy::default()
     };
-    for p in &args.pcrs {
-        let (i, v) = p
-            .split_once('=')
-            .ok_or_else(|| format!("--pcr {p:?}: expected IDX=HEX"))?;
-        let i: usize = i.parse().map_err(|_| format!("--pcr {p:?}: bad index"))?;
-        let v = hex::decode(v).map_err(|_| format!("--pcr {p:?}: bad hex"))?;
-        policy
-            .pin_pcr(i, v)
-            .map_err(|e| format!("--pcr {p:?}: {e}"))?;
-    }
+    let text =
+        std::fs::read(&args.policy).map_err(|e| format!("{}: {e}", args.policy.display()))?;
+    let key_policy =
+        KeyPolicy::parse(&text).map_err(|e| format!("{}: {e}", args.policy.display()))?;
     let gate = Arc::new(Gate {
         upstream: args.upstream,
         verifier,
-        policy,
+        document_policy,
+        key_policy,
         ignore_recipient: args.ignore_recipient_test_only,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -131,6 +133,18 @@ fn run(args: Args) -> Result<(), String> {
 
 type Reply = http::Response<Full<Bytes>>;
 
+/// The call's `EncryptionContext` (absent: empty); `None` if it is not a map of strings.
+fn encryption_context(json: &Value) -> Option<BTreeMap<String, String>> {
+    match json.get("EncryptionContext") {
+        None | Some(Value::Null) => Some(BTreeMap::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+        Some(_) => None,
+    }
+}
+
 /// A KMS-shaped JSON error.
 fn kms_error(status: u16, kind: &str, message: &str) -> Reply {
     let body = json!({ "__type": kind, "message": message }).to_string();
@@ -160,12 +174,37 @@ impl Gate {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        let recipient = json.as_ref().and_then(|j| j.get("Recipient")).cloned();
-        let Some(recipient) = recipient.filter(|_| !self.ignore_recipient) else {
-            return self.forward(parts, body).await.unwrap_or_else(|e| e);
+        let Some(action) = target
+            .strip_prefix("TrentService.")
+            .filter(|op| !op.is_empty())
+            .map(|op| format!("kms:{op}"))
+        else {
+            return kms_error(
+                400,
+                "UnknownOperationException",
+                "not a KMS call (X-Amz-Target)",
+            );
         };
-        if target != "TrentService.Decrypt" {
+        if self.ignore_recipient {
+            return self.forward(parts, body).await.unwrap_or_else(|e| e);
+        }
+        let Ok(json) = serde_json::from_slice::<Value>(&body) else {
+            return kms_error(400, "SerializationException", "the body is not JSON");
+        };
+        let Some(encryption_context) = encryption_context(&json) else {
+            return kms_error(
+                400,
+                "ValidationException",
+                "EncryptionContext must map strings to strings",
+            );
+        };
+        let recipient = json.get("Recipient").cloned();
+        let what = if recipient.is_some() {
+            format!("{action} with Recipient")
+        } else {
+            action.clone()
+        };
+        if recipient.is_some() && action != "kms:Decrypt" {
             // Fail closed: the gate only knows how to honour a recipient for Decrypt.
             return kms_error(
                 400,
@@ -173,11 +212,40 @@ impl Gate {
                 "Recipient is gated for Decrypt only",
             );
         }
-        let public_key = match self.admit(&recipient) {
-            Ok(k) => k,
+        let mut facts = Facts {
+            pcrs: None,
+            encryption_context,
+        };
+        let public_key = match recipient.as_ref().map(|r| self.admit(r)).transpose() {
+            Ok(admitted) => admitted.map(|(pcrs, key)| {
+                facts.pcrs = Some(pcrs);
+                key
+            }),
             Err((kind, message)) => return kms_error(400, kind, &message),
         };
-        let mut json = json.unwrap_or_default();
+        let refusal = match self.key_policy.decide(&action, &facts) {
+            Decision::Allowed => None,
+            Decision::Denied(sid) => Some(format!("denied by statement {sid}")),
+            Decision::NotAllowed(failed) if failed.is_empty() => {
+                Some("no statement allows it".to_string())
+            }
+            Decision::NotAllowed(failed) => Some(format!(
+                "no statement allows it (not satisfied: {})",
+                failed.join(", ")
+            )),
+        };
+        if let Some(reason) = refusal {
+            eprintln!("gate: {what}: refused by the key policy: {reason}");
+            return kms_error(
+                400,
+                "AccessDeniedException",
+                &format!("{action} is not allowed by the key policy: {reason}"),
+            );
+        }
+        let Some(public_key) = public_key else {
+            return self.forward(parts, body).await.unwrap_or_else(|e| e);
+        };
+        let mut json = json;
         if let Some(map) = json.as_object_mut() {
             map.remove("Recipient");
         }
@@ -215,7 +283,7 @@ impl Gate {
                 )
             }
         };
-        eprintln!("gate: Decrypt with Recipient: released to the attested key");
+        eprintln!("gate: kms:Decrypt with Recipient: released to the attested key");
         let body = json!({
             "KeyId": out.get("KeyId").cloned().unwrap_or(Value::Null),
             "EncryptionAlgorithm": out.get("EncryptionAlgorithm").cloned().unwrap_or(json!("SYMMETRIC_DEFAULT")),
@@ -228,9 +296,13 @@ impl Gate {
             .unwrap_or_default()
     }
 
-    /// Checks the recipient as KMS would, returning the document's public key.
+    /// Checks the recipient as KMS would, returning the verified document's PCRs and public key.
     /// Refusals are KMS error types with a message.
-    fn admit(&self, recipient: &Value) -> Result<Vec<u8>, (&'static str, String)> {
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &self,
+        recipient: &Value,
+    ) -> Result<(BTreeMap<usize, Vec<u8>>, Vec<u8>), (&'static str, String)> {
         let invalid = |m: &str| ("ValidationException", m.to_string());
         if recipient
             .get("KeyEncryptionAlgorithm")
@@ -252,25 +324,26 @@ impl Gate {
             .unwrap_or(0);
         let verified = self
             .verifier
-            .verify(&document, &self.policy, VerifyAt::Instant(now))
+            .verify(&document, &self.document_policy, VerifyAt::Instant(now))
             .map_err(|e| {
-                eprintln!("gate: Decrypt with Recipient: refused ({})", e.code());
+                eprintln!("gate: kms:Decrypt with Recipient: refused ({})", e.code());
                 (
                     "AccessDeniedException",
                     format!(
-                        "the attestation document does not satisfy the key policy: {}: {}",
+                        "the attestation document does not verify: {}: {}",
                         e.code(),
                         e.detail()
                     ),
                 )
             })?;
-        let key = verified
-            .doc()
+        let doc = verified.doc();
+        let key = doc
             .public_key
             .as_ref()
             .map(|k| k.to_vec())
             .ok_or_else(|| invalid("the attestation document has no public_key"))?;
-        Ok(key)
+        let pcrs = doc.pcrs.iter().map(|(i, v)| (*i, v.to_vec())).collect();
+        Ok((pcrs, key))
     }
 
     /// Sends the request to the upstream server as is (headers kept, body replaced).
