@@ -7,7 +7,6 @@ CARGO ?= cargo
 TORCH_VERSION := 2.13.0
 VENV := $(CURDIR)/.venv
 PYVER := $(shell python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-TORCH_LIB := $(VENV)/lib/python$(PYVER)/site-packages/torch/lib
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 # tch finds libtorch in the wheel directly rather than by importing torch in Python
@@ -16,7 +15,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH := $(VENV)/lib/python$(PYVER)/site-packages/torch
 export LIBTORCH_CXX11_ABI := 1
 unexport LIBTORCH_USE_PYTORCH
-export LD_LIBRARY_PATH := $(TORCH_LIB)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
+export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
 .PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol bench-model bench-boot vectors clean
 

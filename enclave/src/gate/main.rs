@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use policy::{Decision, Facts, KeyPolicy};
+use policy::{Facts, KeyPolicy};
 
 /// Request bodies larger than this are refused (KMS's own limit is far below).
 const MAX_BODY: usize = 1 << 20;
@@ -133,6 +133,12 @@ fn run(args: Args) -> Result<(), String> {
 
 type Reply = http::Response<Full<Bytes>>;
 
+/// A recipient whose attestation document verified.
+struct Admitted {
+    pcrs: BTreeMap<usize, Vec<u8>>,
+    public_key: Vec<u8>,
+}
+
 /// The call's `EncryptionContext` (absent: empty); `None` if it is not a map of strings.
 fn encryption_context(json: &Value) -> Option<BTreeMap<String, String>> {
     match json.get("EncryptionContext") {
@@ -188,7 +194,7 @@ impl Gate {
         if self.ignore_recipient {
             return self.forward(parts, body).await.unwrap_or_else(|e| e);
         }
-        let Ok(json) = serde_json::from_slice::<Value>(&body) else {
+        let Ok(mut json) = serde_json::from_slice::<Value>(&body) else {
             return kms_error(400, "SerializationException", "the body is not JSON");
         };
         let Some(encryption_context) = encryption_context(&json) else {
@@ -212,29 +218,15 @@ impl Gate {
                 "Recipient is gated for Decrypt only",
             );
         }
-        let mut facts = Facts {
-            pcrs: None,
-            encryption_context,
-        };
-        let public_key = match recipient.as_ref().map(|r| self.admit(r)).transpose() {
-            Ok(admitted) => admitted.map(|(pcrs, key)| {
-                facts.pcrs = Some(pcrs);
-                key
-            }),
+        let admitted = match recipient.as_ref().map(|r| self.admit(r)).transpose() {
+            Ok(a) => a,
             Err((kind, message)) => return kms_error(400, kind, &message),
         };
-        let refusal = match self.key_policy.decide(&action, &facts) {
-            Decision::Allowed => None,
-            Decision::Denied(sid) => Some(format!("denied by statement {sid}")),
-            Decision::NotAllowed(failed) if failed.is_empty() => {
-                Some("no statement allows it".to_string())
-            }
-            Decision::NotAllowed(failed) => Some(format!(
-                "no statement allows it (not satisfied: {})",
-                failed.join(", ")
-            )),
+        let facts = Facts {
+            pcrs: admitted.as_ref().map(|a| a.pcrs.clone()),
+            encryption_context,
         };
-        if let Some(reason) = refusal {
+        if let Some(reason) = self.key_policy.decide(&action, &facts).refusal() {
             eprintln!("gate: {what}: refused by the key policy: {reason}");
             return kms_error(
                 400,
@@ -242,10 +234,9 @@ impl Gate {
                 &format!("{action} is not allowed by the key policy: {reason}"),
             );
         }
-        let Some(public_key) = public_key else {
+        let Some(Admitted { public_key, .. }) = admitted else {
             return self.forward(parts, body).await.unwrap_or_else(|e| e);
         };
-        let mut json = json;
         if let Some(map) = json.as_object_mut() {
             map.remove("Recipient");
         }
@@ -296,13 +287,8 @@ impl Gate {
             .unwrap_or_default()
     }
 
-    /// Checks the recipient as KMS would, returning the verified document's PCRs and public key.
-    /// Refusals are KMS error types with a message.
-    #[allow(clippy::type_complexity)]
-    fn admit(
-        &self,
-        recipient: &Value,
-    ) -> Result<(BTreeMap<usize, Vec<u8>>, Vec<u8>), (&'static str, String)> {
+    /// Checks the recipient as KMS would. Refusals are KMS error types with a message.
+    fn admit(&self, recipient: &Value) -> Result<Admitted, (&'static str, String)> {
         let invalid = |m: &str| ("ValidationException", m.to_string());
         if recipient
             .get("KeyEncryptionAlgorithm")
@@ -337,13 +323,13 @@ impl Gate {
                 )
             })?;
         let doc = verified.doc();
-        let key = doc
+        let public_key = doc
             .public_key
             .as_ref()
             .map(|k| k.to_vec())
             .ok_or_else(|| invalid("the attestation document has no public_key"))?;
         let pcrs = doc.pcrs.iter().map(|(i, v)| (*i, v.to_vec())).collect();
-        Ok((pcrs, key))
+        Ok(Admitted { pcrs, public_key })
     }
 
     /// Sends the request to the upstream server as is (headers kept, body replaced).

@@ -108,13 +108,30 @@ pub enum Decision {
     NotAllowed(Vec<String>),
 }
 
+impl Decision {
+    /// Why the call is refused, for the log and the error; `None` when it is allowed.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Decision::Allowed => None,
+            Decision::Denied(sid) => Some(format!("denied by statement {sid}")),
+            Decision::NotAllowed(failed) if failed.is_empty() => {
+                Some("no statement allows it".into())
+            }
+            Decision::NotAllowed(failed) => Some(format!(
+                "no statement allows it (not satisfied: {})",
+                failed.join(", ")
+            )),
+        }
+    }
+}
+
 impl KeyPolicy {
     pub fn parse(text: &[u8]) -> Result<KeyPolicy, PolicyError> {
         let doc: Value =
             serde_json::from_slice(text).map_err(|e| PolicyError::NotJson(e.to_string()))?;
-        let statements = match doc.get("Statement") {
-            Some(Value::Array(a)) => a.clone(),
-            Some(s @ Value::Object(_)) => vec![s.clone()],
+        let statements: Vec<&Value> = match doc.get("Statement") {
+            Some(Value::Array(a)) => a.iter().collect(),
+            Some(s @ Value::Object(_)) => vec![s],
             _ => return Err(PolicyError::NoStatement),
         };
         if statements.is_empty() {
