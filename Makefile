@@ -17,7 +17,11 @@ export LIBTORCH_CXX11_ABI := 1
 unexport LIBTORCH_USE_PYTORCH
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
-.PHONY: all demo test deps fmt lint unit conformance no-openssl bench bench-verifier bench-protocol bench-model bench-boot vectors clean
+.PHONY: all demo test deps fmt lint unit conformance no-openssl layout bench bench-verifier bench-protocol bench-model bench-boot vectors clean
+
+# Every binary: the client, the relay, the enclave image's binary, the operator's and the model's tools,
+# and the test KMS gate.
+BINS := -p confidant-client -p confidant-relay -p confidant-enclave -p confidant-ops -p confidant-model -p confidant-kms-gate
 
 all: test
 
@@ -49,10 +53,10 @@ $(VENV)/.moto-$(MOTO_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
 # The main job end to end on the local default: dev CA and demo model if absent, enclave + relay on
 # loopback, PCRs pinned from `measure`, a verified attestation and a streamed answer.
 demo: deps
-	$(CARGO) build --release -p confidant -p confidant-relay -p confidant-enclave
+	$(CARGO) build --release $(BINS)
 	scripts/demo.sh
 
-test: deps fmt lint unit conformance no-openssl
+test: deps fmt lint unit conformance no-openssl layout
 
 fmt:
 	$(CARGO) fmt --all --check
@@ -60,25 +64,32 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p confidant-verifier --all-targets --all-features -- -D warnings
+	@# The enclave image's build: no emulated NSM.
+	$(CARGO) clippy -p confidant-enclave --no-default-features -- -D warnings
 
-# The end-to-end tests start the three binaries: build them first.
+# The end-to-end tests start the binaries: build them first.
 unit:
-	$(CARGO) build -p confidant -p confidant-relay -p confidant-enclave
+	$(CARGO) build $(BINS)
 	$(CARGO) test --workspace
 	# The AWS-LC signature backend must pass the same real-document tests.
 	$(CARGO) test -p confidant-verifier --features aws-lc --test real_documents
 
-# Suite bloom runs confidant-enclave model-check, which the client finds beside itself.
+# Suite bloom runs `confidant-model check`, which the client finds beside itself.
 conformance:
-	$(CARGO) build -q -p confidant -p confidant-enclave
+	$(CARGO) build -q -p confidant-client -p confidant-model
 	target/debug/confidant conformance
 
 # The client must not link OpenSSL, directly or through any dependency (openssl-probe, which only
 # looks up certificate paths, is not OpenSSL).
 no-openssl:
-	@if $(CARGO) tree -p confidant -e normal,build --prefix none | grep -E '^openssl(-sys)? '; then \
+	@if $(CARGO) tree -p confidant-client -e normal,build --prefix none | grep -E '^openssl(-sys)? '; then \
 		echo "error: the client depends on OpenSSL"; exit 1; \
 	else echo "no OpenSSL in the client's dependency tree"; fi
+
+# Only the model crate links libtorch: the client, relay, operator tools, server core and test gate
+# build without it and their binaries do not load it.
+layout:
+	scripts/check_layout.sh
 
 bench: bench-verifier bench-protocol bench-model
 
@@ -92,12 +103,12 @@ bench-protocol:
 # BLOOM against Hugging Face transformers on a random-weight bloom-560m (2.2 GB, made once in target/).
 bench-model: deps
 	$(VENV)/bin/pip install --quiet torch==$(TORCH_VERSION) transformers
-	$(CARGO) build --release -p confidant-enclave
+	$(CARGO) build --release -p confidant-model
 	scripts/bench_model.sh
 
 # Boot with sealed settings and encrypted weights against a plain boot (the bench-model weights).
 bench-boot: deps
-	$(CARGO) build --release -p confidant-enclave
+	$(CARGO) build --release $(BINS)
 	scripts/bench_boot.sh
 
 # Regenerates the synthetic attestation vectors (new keys each time; commit the result).

@@ -14,8 +14,8 @@ SRC=${MODEL:-target/bench-bloom-560m}
 D=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$D"' EXIT
-"$BIN/confidant-enclave" dev-ca --out "$D/ca" 2>/dev/null
-"$BIN/confidant-enclave" demo-model --out "$D/demo" 2>/dev/null
+"$BIN/confidant-ops" dev-ca --out "$D/ca" 2>/dev/null
+"$BIN/confidant-model" demo-model --out "$D/demo" 2>/dev/null
 mkdir "$D/plain" "$D/enc"
 ln -s "$(realpath "$SRC/model.safetensors")" "$D/plain/model.safetensors"
 for m in plain enc; do
@@ -25,7 +25,7 @@ done
 echo '{"max_new_tokens":64}' > "$D/settings.json"
 cp "$D/settings.json" "$D/settings-only.json"
 cp "$D/plain/model.safetensors" "$D/enc/model.safetensors"
-"$BIN/confidant-enclave" encrypt-weights --model "$D/enc" --settings "$D/settings.json" 2>/dev/null
+"$BIN/confidant-ops" encrypt-weights --model "$D/enc" --settings "$D/settings.json" 2>/dev/null
 rm "$D/enc/model.safetensors"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -34,7 +34,7 @@ pids+=($!)
 # The key policy admitting the image of MODEL, for the gate.
 policy() {
   # shellcheck disable=SC2046
-  "$BIN/confidant-enclave" kms-policy --account 111122223333 --admin-role arn:aws:iam::111122223333:role/KeyAdmin \
+  "$BIN/confidant-ops" kms-policy --account 111122223333 --admin-role arn:aws:iam::111122223333:role/KeyAdmin \
     --operator-role arn:aws:iam::111122223333:role/Operator \
     $("$BIN/confidant-enclave" measure --model "$1" | sed 's/^/--pcr /')
 }
@@ -45,8 +45,8 @@ for _ in $(seq 300); do grep -q listening "$D/gate.out" 2>/dev/null && (exec 3<>
 GATE=$(awk '{print $2}' "$D/gate.out")
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 KEY=$(.venv/bin/python -c "import boto3; print(boto3.client('kms', region_name='us-east-1', endpoint_url='http://127.0.0.1:$PORT').create_key()['KeyMetadata']['Arn'])")
-"$BIN/confidant-enclave" seal --key-id "$KEY" --in "$D/settings.json" --out "$D/settings.sealed" --kms-endpoint "http://$GATE" > /dev/null 2>&1
-"$BIN/confidant-enclave" seal --key-id "$KEY" --in "$D/settings-only.json" --out "$D/settings-only.sealed" --kms-endpoint "http://$GATE" > /dev/null 2>&1
+"$BIN/confidant-ops" seal --key-id "$KEY" --in "$D/settings.json" --out "$D/settings.sealed" --kms-endpoint "http://$GATE" > /dev/null 2>&1
+"$BIN/confidant-ops" seal --key-id "$KEY" --in "$D/settings-only.json" --out "$D/settings-only.sealed" --kms-endpoint "http://$GATE" > /dev/null 2>&1
 
 # Milliseconds from start to the listening line.
 boot() {

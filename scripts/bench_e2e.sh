@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 BIN=target/release
 N=${N:-20}
 D=$(mktemp -d)
-"$BIN/confidant-enclave" demo-model --out "$D/model" 2>/dev/null
-"$BIN/confidant-enclave" dev-ca --out "$D/ca" 2>/dev/null
+"$BIN/confidant-model" demo-model --out "$D/model" 2>/dev/null
+"$BIN/confidant-ops" dev-ca --out "$D/ca" 2>/dev/null
 "$BIN/confidant-enclave" serve --listen "unix:$D/e.sock" --model "$D/model" --nsm emulated --dev-ca "$D/ca" --threads 1 > "$D/e.out" 2>/dev/null &
 E=$!
 "$BIN/confidant-relay" --listen 127.0.0.1:0 --upstream "unix:$D/e.sock" --self-signed "$D/tls" > "$D/r.out" 2>/dev/null &
@@ -23,7 +23,7 @@ for i in $(seq "$N"); do
   # shellcheck disable=SC2086
   "$BIN/confidant" ask --json --max-tokens 32 --relay "$ADDR" --relay-ca "$D/tls/cert.pem" --root "$D/ca/root.pem" $PINS "$Q"
 done > "$D/e2e.jsonl"
-"$BIN/confidant-enclave" bench-generate --model "$D/model" --prompt "$Q" --new 32 --repeat "$N" --threads 1 > "$D/inproc.json"
+"$BIN/confidant-model" bench-generate --model "$D/model" --prompt "$Q" --new 32 --repeat "$N" --threads 1 > "$D/inproc.json"
 python3 - "$D" <<'PY'
 import json, statistics, sys, pathlib
 d = pathlib.Path(sys.argv[1])

@@ -7,16 +7,16 @@ cd "$(dirname "$0")/.."
 MODEL=${MODEL:-target/bench-bloom-560m}
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
-ENCLAVE=target/release/confidant-enclave
+TOOL=target/release/confidant-model
 [ -f "$MODEL/model.safetensors" ] || python scripts/hf_bloom.py make-model "$MODEL"
 out=$(mktemp -d)
 for r in $(seq "$ROUNDS"); do
   python scripts/hf_bloom.py bench "$MODEL" --prompt-len 32 --new 64 --threads "$THREADS" | tee -a "$out/hf.jsonl"
-  "$ENCLAVE" bench --model "$MODEL" --prompt-len 32 --new 64 --threads "$THREADS" --dtype f32 --json | tee -a "$out/f32.jsonl"
-  "$ENCLAVE" bench --model "$MODEL" --prompt-len 32 --new 64 --threads "$THREADS" --dtype bf16 --json | tee -a "$out/bf16.jsonl"
+  "$TOOL" bench --model "$MODEL" --prompt-len 32 --new 64 --threads "$THREADS" --dtype f32 --json | tee -a "$out/f32.jsonl"
+  "$TOOL" bench --model "$MODEL" --prompt-len 32 --new 64 --threads "$THREADS" --dtype bf16 --json | tee -a "$out/bf16.jsonl"
 done
-"$ENCLAVE" bench --model "$MODEL" --prompt-len 32 --new 16 --threads "$THREADS" --dtype f32 --bandwidth --json | tee "$out/bw-f32.json"
-"$ENCLAVE" bench --model "$MODEL" --prompt-len 32 --new 16 --threads "$THREADS" --dtype bf16 --bandwidth --json | tee "$out/bw-bf16.json"
+"$TOOL" bench --model "$MODEL" --prompt-len 32 --new 16 --threads "$THREADS" --dtype f32 --bandwidth --json | tee "$out/bw-f32.json"
+"$TOOL" bench --model "$MODEL" --prompt-len 32 --new 16 --threads "$THREADS" --dtype bf16 --bandwidth --json | tee "$out/bw-bf16.json"
 python3 - "$out" <<'PY'
 import json, statistics, sys, pathlib
 d = pathlib.Path(sys.argv[1])

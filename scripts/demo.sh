@@ -15,9 +15,9 @@ if [ -z "$MODEL" ] && [ -f models/bloom-560m/model.safetensors ] && [ -f models/
 fi
 if [ -z "$MODEL" ]; then
   MODEL=$DEMO/model
-  [ -f "$MODEL/model.safetensors" ] || "$BIN/confidant-enclave" demo-model --out "$MODEL"
+  [ -f "$MODEL/model.safetensors" ] || "$BIN/confidant-model" demo-model --out "$MODEL"
 fi
-[ -f "$DEMO/ca/root.pem" ] || "$BIN/confidant-enclave" dev-ca --out "$DEMO/ca"
+[ -f "$DEMO/ca/root.pem" ] || "$BIN/confidant-ops" dev-ca --out "$DEMO/ca"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -32,7 +32,7 @@ MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0
 .venv/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT" > "$DEMO/moto.log" 2>&1 &
 pids+=($!)
 # The key policy, as an operator would put it on the key in AWS; the gate enforces it for moto.
-"$BIN/confidant-enclave" kms-policy --account 111122223333 --admin-role arn:aws:iam::111122223333:role/KeyAdmin \
+"$BIN/confidant-ops" kms-policy --account 111122223333 --admin-role arn:aws:iam::111122223333:role/KeyAdmin \
   --operator-role arn:aws:iam::111122223333:role/Operator "${PINS[@]}" > "$DEMO/key-policy.json"
 "$BIN/confidant-kms-gate" --upstream "127.0.0.1:$MOTO_PORT" --root "$DEMO/ca/root.pem" --policy "$DEMO/key-policy.json" \
   > "$DEMO/gate.out" 2> "$DEMO/gate.log" &
@@ -44,7 +44,7 @@ done
 GATE=$(awk '{print $2}' "$DEMO/gate.out")
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1
 KEY=$(.venv/bin/python -c "import boto3; print(boto3.client('kms', region_name='us-east-1', endpoint_url='http://127.0.0.1:$MOTO_PORT').create_key(Description='confidant demo settings')['KeyMetadata']['Arn'])")
-"$BIN/confidant-enclave" seal --key-id "$KEY" --in enclave/assets/demo-settings.json \
+"$BIN/confidant-ops" seal --key-id "$KEY" --in enclave/assets/demo-settings.json \
   --out "$DEMO/settings.sealed" --kms-endpoint "http://$GATE" > "$DEMO/seal.out" 2> "$DEMO/seal.log" \
   || { echo "sealing failed:"; cat "$DEMO/seal.log" "$DEMO/gate.log"; exit 1; }
 SETTINGS_DIGEST=$(sed -n 's/^settings digest //p' "$DEMO/seal.out")

@@ -4,9 +4,9 @@
   hf_bloom.py make-model DIR [--seed N]   random-weight BLOOM with the exact bloom-560m config (2.2 GB, f32)
   hf_bloom.py bench DIR --prompt-len N --new N --threads N
                                           greedy decoding with the KV cache, one JSON object like
-                                          `confidant-enclave bench`: prefill_ms, decode_tokens_per_s, ...
+                                          `confidant-model bench`: prefill_ms, decode_tokens_per_s, ...
 
-The prompt is the same token ids confidant-enclave bench uses: (i * 7919 + 13) % vocab.
+The prompt is the same token ids confidant-model bench uses: (i * 7919 + 13) % vocab.
 """
 import argparse
 import json

@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use confidant_verifier::Policy;
-
 use crate::remote::{check, Attested};
 use crate::trust::Trust;
 
@@ -37,11 +35,9 @@ pub fn load(relay: &str, trust: &Trust) -> Option<Attested> {
     let (len, rest) = bytes.split_at_checked(4)?;
     let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
     let (document, key_configs) = rest.split_at_checked(len)?;
-    let policy = Policy {
-        max_age_ms: None,
-        nonce: None,
-        ..trust.policy.clone()
-    };
+    // It was fresh, with our nonce, when fetched; the key expiry bounds its use.
+    let mut policy = trust.policy.clone();
+    policy.set_max_age(None);
     check(trust, &policy, document.to_vec(), key_configs.to_vec()).ok()
 }
 

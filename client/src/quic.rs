@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confidant_protocol::frame::{Frame, FrameDecoder};
+use confidant_protocol::ALPN;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::remote::RemoteError;
-
-pub const ALPN: &[u8] = b"confidant/1";
 
 /// A connection to the relay.
 pub struct Relay {
@@ -136,6 +135,7 @@ impl Relay {
 }
 
 /// Frames arriving on one stream.
+#[derive(Debug)]
 pub struct FrameReader {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,

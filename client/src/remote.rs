@@ -8,13 +8,13 @@ use confidant_protocol::frame::Frame;
 use confidant_protocol::message::{Ask, Trailer};
 use confidant_protocol::request::{encapsulate, ClientRequest, CONFIDANT_LABELS};
 use confidant_protocol::session::ClientSession;
-use confidant_protocol::{system_rng, ProtocolError, Recipient};
+use confidant_protocol::{system_rng, Code, ProtocolError, Recipient, UnixMillis};
 use confidant_verifier::{Verified, VerifyAt};
 
 use crate::quic::{FrameReader, Relay};
 use crate::trust::Trust;
 
-/// Why a remote command failed. `code()` is what scripts and tests match.
+/// Why a remote command failed. Callers match the variants; [`RemoteError::code`] is what they print.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("{0}")]
@@ -26,32 +26,62 @@ pub enum RemoteError {
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
     #[error("the enclave refused: {code}: {message}")]
-    Refused { code: String, message: String },
+    Refused { code: Code, message: String },
     #[error("unexpected {0} frame")]
     Unexpected(&'static str),
     #[error("the stream ended before {0}")]
     Ended(&'static str),
+    #[error("an authentic answer chunk is not UTF-8 text")]
+    BadChunk,
+    #[error("the final chunk's trailer does not decode: {0}")]
+    BadTrailer(String),
+}
+
+/// A code to print: from the wire registry, or the verifier's for a rejected document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedCode {
+    Wire(Code),
+    Attestation(confidant_verifier::Code),
+}
+
+impl std::fmt::Display for ReportedCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReportedCode::Wire(c) => f.write_str(c.as_str()),
+            ReportedCode::Attestation(c) => f.write_str(c.as_str()),
+        }
+    }
 }
 
 impl RemoteError {
-    pub fn code(&self) -> String {
-        match self {
-            RemoteError::Setup(_) => "setup".into(),
-            RemoteError::Connect(_) => "connect".into(),
-            RemoteError::Attestation(e) => format!("attestation_{}", e.code()),
-            RemoteError::Protocol(e) => e.code().into(),
-            RemoteError::Refused { code, .. } => code.clone(),
-            RemoteError::Unexpected(_) => "unexpected_frame".into(),
-            RemoteError::Ended(_) => "truncated_response".into(),
-        }
+    /// The stable code for scripts and tests.
+    pub fn code(&self) -> ReportedCode {
+        ReportedCode::Wire(match self {
+            RemoteError::Setup(_) => Code::Usage,
+            RemoteError::Connect(_) => Code::RelayUnreachable,
+            RemoteError::Attestation(e) => return ReportedCode::Attestation(e.code()),
+            RemoteError::Protocol(e) => e.code(),
+            RemoteError::Refused { code, .. } => *code,
+            RemoteError::Unexpected(_) => Code::UnexpectedFrame,
+            RemoteError::Ended(_) => Code::TruncatedResponse,
+            RemoteError::BadChunk => Code::BadChunk,
+            RemoteError::BadTrailer(_) => Code::BadTrailer,
+        })
     }
 
     /// Whether re-attesting may help (the enclave restarted or rotated its keys).
     pub fn wants_fresh_keys(&self) -> bool {
-        matches!(
-            self.code().as_str(),
-            "unknown_key_id" | "unknown_attestation" | "keys_expired" | "key_exhausted"
-        )
+        const STALE: [Code; 4] = [
+            Code::UnknownKeyId,
+            Code::UnknownAttestation,
+            Code::KeysExpired,
+            Code::KeyExhausted,
+        ];
+        match self {
+            RemoteError::Refused { code, .. } => STALE.contains(code),
+            RemoteError::Protocol(e) => STALE.contains(&e.code()),
+            _ => false,
+        }
     }
 }
 
@@ -69,10 +99,6 @@ pub struct Attested {
     pub key_configs: Vec<u8>,
     pub verified: Verified,
     pub recipient: Recipient,
-}
-
-pub fn now_ms() -> u64 {
-    crate::time_arg::now_ms()
 }
 
 /// Fetches a fresh document (with our nonce) and verifies it and its key configs.
@@ -94,7 +120,7 @@ pub async fn attest(relay: &Relay, trust: &Trust) -> Result<Attested, RemoteErro
         None => return Err(RemoteError::Ended("an attestation document")),
     };
     let mut policy = trust.policy.clone();
-    policy.nonce = Some(nonce.to_vec());
+    policy.expect_nonce(nonce.to_vec());
     check(trust, &policy, document, key_configs)
 }
 
@@ -105,13 +131,12 @@ pub fn check(
     document: Vec<u8>,
     key_configs: Vec<u8>,
 ) -> Result<Attested, RemoteError> {
-    let now = now_ms();
+    let now = UnixMillis::now();
     let verified = trust
         .verifier
         .verify(&document, policy, VerifyAt::Instant(now))
         .map_err(RemoteError::Attestation)?;
-    let recipient =
-        Recipient::from_attestation(&verified, &key_configs, &trust.expectations(now / 1000))?;
+    let recipient = Recipient::from_attestation(&verified, &key_configs, &trust.expectations(now))?;
     Ok(Attested {
         document,
         key_configs,
@@ -146,20 +171,14 @@ async fn read_chunks(
                 sealed,
             }) => {
                 let piece = opener.open(&sealed, false)?;
-                let piece = std::str::from_utf8(&piece).map_err(|_| RemoteError::Refused {
-                    code: "bad_chunk".into(),
-                    message: "answer text is not UTF-8".into(),
-                })?;
+                let piece = std::str::from_utf8(&piece).map_err(|_| RemoteError::BadChunk)?;
                 out(piece);
                 text.push_str(piece);
                 first_chunk.get_or_insert_with(|| sent.elapsed());
             }
             Some(Frame::Chunk { last: true, sealed }) => {
                 let trailer = opener.open(&sealed, true)?;
-                let trailer = Trailer::from_bytes(&trailer).map_err(|e| RemoteError::Refused {
-                    code: "bad_trailer".into(),
-                    message: e,
-                })?;
+                let trailer = Trailer::from_bytes(&trailer).map_err(RemoteError::BadTrailer)?;
                 // Nothing may follow the final chunk.
                 if let Some(frame) = reader.next().await? {
                     return Err(match frame {

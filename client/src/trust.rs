@@ -1,45 +1,31 @@
-//! The trust options every remote command shares, and what they build: the verifier, its policy and
-//! the protocol expectations.
+//! What the client trusts: roots, pins and digests, assembled into the verifier, its policy and the
+//! protocol expectations. Every remote command builds one [`Trust`] from a [`TrustConfig`].
 
 use std::path::PathBuf;
 
-use confidant_protocol::Expectations;
-use confidant_verifier::{Policy, Verifier};
+use confidant_protocol::{Expectations, UnixMillis};
+use confidant_verifier::{PcrPin, Policy, Verifier};
 
-use crate::policy_file::{build_policy, parse_hex, PolicyArgs, PolicyFile};
-use crate::CliError;
+use crate::policy::{build_policy, parse_hex, PolicyArgs, PolicyFile};
+use crate::SetupError;
 
 /// Default maximum age of a freshly fetched document (it carries our nonce, so it is seconds old).
 pub const FRESH_MAX_AGE_SECS: u64 = 60;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct TrustArgs {
-    /// The relay in front of the enclave.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub relay: String,
-    /// CA certificate (PEM) for the relay's TLS certificate [default: the system roots].
-    #[arg(long, value_name = "PEM")]
-    pub relay_ca: Option<PathBuf>,
-    /// Trust this attestation root instead of the AWS Nitro root (e.g. a development root).
-    #[arg(long = "root", value_name = "PEM")]
+/// The trust settings of a remote command.
+#[derive(Debug, Clone, Default)]
+pub struct TrustConfig {
+    /// Root certificates (PEM files) instead of the AWS Nitro root.
     pub roots: Vec<PathBuf>,
-    /// Pin a PCR (index and 48 bytes of hex); repeatable.
-    #[arg(long = "pcr", value_name = "IDX=HEX")]
-    pub pcrs: Vec<String>,
+    pub pcrs: Vec<PcrPin>,
     /// TOML policy file (pcrs, max_age_secs, allow_debug, model_digest, settings_digest).
-    #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// The model digest the enclave must attest (SHA-256, hex).
-    #[arg(long, value_name = "HEX")]
+    /// Model digest (hex) the enclave must attest.
     pub model_digest: Option<String>,
-    /// The settings digest the enclave must attest (SHA-256, hex).
-    #[arg(long, value_name = "HEX")]
+    /// Settings digest (hex) the enclave must attest.
     pub settings_digest: Option<String>,
-    /// Maximum age of a fetched attestation document, seconds.
-    #[arg(long, value_name = "SECS")]
+    /// Maximum age of a fetched document, seconds.
     pub max_age: Option<u64>,
-    /// Accept an enclave in debug mode (PCR0 all zeros).
-    #[arg(long)]
     pub allow_debug: bool,
 }
 
@@ -59,13 +45,13 @@ impl std::fmt::Debug for Trust {
     }
 }
 
-fn digest_arg(name: &str, v: &Option<String>) -> Result<Option<[u8; 32]>, CliError> {
+fn digest_arg(name: &str, v: &Option<String>) -> Result<Option<[u8; 32]>, SetupError> {
     match v {
         None => Ok(None),
         Some(h) => {
-            let bytes = parse_hex(name, h).map_err(|e| CliError::Usage(e.to_string()))?;
+            let bytes = parse_hex(name, h).map_err(|e| SetupError::Invalid(e.to_string()))?;
             bytes.try_into().map(Some).map_err(|_| {
-                CliError::Usage(format!(
+                SetupError::Invalid(format!(
                     "{name}: a SHA-256 digest is 32 bytes (64 hex digits)"
                 ))
             })
@@ -73,29 +59,30 @@ fn digest_arg(name: &str, v: &Option<String>) -> Result<Option<[u8; 32]>, CliErr
     }
 }
 
-impl TrustArgs {
-    pub fn build(&self) -> Result<Trust, CliError> {
+impl Trust {
+    /// Builds the trust: defaults, then the policy file, then explicit values (which win).
+    pub fn build(config: &TrustConfig) -> Result<Trust, SetupError> {
         let policy = build_policy(
             &PolicyArgs {
-                file: self.policy.as_deref(),
-                pcrs: &self.pcrs,
-                max_age_secs: self.max_age,
-                allow_debug: self.allow_debug,
+                file: config.policy.as_deref(),
+                pcrs: &config.pcrs,
+                max_age_secs: config.max_age,
+                allow_debug: config.allow_debug,
                 ..PolicyArgs::default()
             },
             FRESH_MAX_AGE_SECS,
         )
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-        let verifier = Verifier::new(crate::roots::load(&self.roots)?)
-            .map_err(|e| CliError::Usage(format!("--root: {}", e.detail())))?;
+        .map_err(|e| SetupError::Invalid(e.to_string()))?;
+        let verifier = Verifier::new(crate::roots::load(&config.roots)?)
+            .map_err(|e| SetupError::Invalid(format!("--root: {}", e.detail())))?;
         // The digests live in user_data, which the verifier's policy does not interpret: read them
-        // from the file here (the command line wins, as for every other pin).
-        let file = match &self.policy {
-            Some(path) => PolicyFile::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        // from the file here (the explicit value wins, as for every other pin).
+        let file = match &config.policy {
+            Some(path) => PolicyFile::load(path).map_err(|e| SetupError::Invalid(e.to_string()))?,
             None => PolicyFile::default(),
         };
-        let model = self.model_digest.clone().or(file.model_digest);
-        let settings = self.settings_digest.clone().or(file.settings_digest);
+        let model = config.model_digest.clone().or(file.model_digest);
+        let settings = config.settings_digest.clone().or(file.settings_digest);
         Ok(Trust {
             verifier,
             policy,
@@ -103,14 +90,12 @@ impl TrustArgs {
             settings: digest_arg("--settings-digest", &settings)?,
         })
     }
-}
 
-impl Trust {
-    pub fn expectations(&self, now_unix: u64) -> Expectations {
+    pub fn expectations(&self, now: UnixMillis) -> Expectations {
         Expectations {
             model: self.model,
             settings: self.settings,
-            now_unix_secs: now_unix,
+            now,
         }
     }
 }
@@ -119,22 +104,8 @@ impl Trust {
 mod tests {
     use super::*;
 
-    fn args(policy: Option<PathBuf>, settings_digest: Option<String>) -> TrustArgs {
-        TrustArgs {
-            relay: "127.0.0.1:1".into(),
-            relay_ca: None,
-            roots: Vec::new(),
-            pcrs: Vec::new(),
-            policy,
-            model_digest: None,
-            settings_digest,
-            max_age: None,
-            allow_debug: false,
-        }
-    }
-
     #[test]
-    fn digests_come_from_the_policy_file_and_the_command_line_wins() {
+    fn digests_come_from_the_policy_file_and_explicit_values_win() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("policy.toml");
         let (a, b) = ("ab".repeat(32), "cd".repeat(32));
@@ -143,17 +114,20 @@ mod tests {
             format!("settings_digest = \"{a}\"\nmodel_digest = \"{b}\"\n"),
         )
         .expect("write");
-        let trust = args(Some(path.clone()), None).build().expect("build");
+        let config = |settings_digest: Option<String>| TrustConfig {
+            policy: Some(path.clone()),
+            settings_digest,
+            ..TrustConfig::default()
+        };
+        let trust = Trust::build(&config(None)).expect("build");
         assert_eq!(trust.settings, Some([0xab; 32]));
         assert_eq!(trust.model, Some([0xcd; 32]));
-        let trust = args(Some(path.clone()), Some(b.clone()))
-            .build()
-            .expect("build");
+        let trust = Trust::build(&config(Some(b.clone()))).expect("build");
         assert_eq!(trust.settings, Some([0xcd; 32]));
         std::fs::write(&path, "settings_digest = \"abcd\"\n").expect("write");
         assert!(matches!(
-            args(Some(path), None).build(),
-            Err(CliError::Usage(m)) if m.contains("64 hex digits")
+            Trust::build(&config(None)),
+            Err(SetupError::Invalid(m)) if m.contains("64 hex digits")
         ));
     }
 }

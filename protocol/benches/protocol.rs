@@ -11,7 +11,7 @@ use confidant_protocol::keyconfig::KeyPair;
 use confidant_protocol::replay::ReplayCache;
 use confidant_protocol::request::{self, CONFIDANT_LABELS};
 use confidant_protocol::session::SessionLimits;
-use confidant_protocol::{system_rng, Aead, Kem, Suite};
+use confidant_protocol::{system_rng, Aead, Kem, Suite, UnixMillis};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 
@@ -184,10 +184,10 @@ fn sessions(c: &mut Criterion) {
         let (client, server) = exchange(aead);
         let mut client = client.into_session();
         let mut enclave = server.session(
-            0,
+            UnixMillis::EPOCH,
             SessionLimits {
-                idle_ms: u64::MAX,
-                absolute_ms: u64::MAX,
+                idle: std::time::Duration::MAX,
+                absolute: std::time::Duration::MAX,
             },
         );
         let msg = [0x42u8; 64];
@@ -197,7 +197,11 @@ fn sessions(c: &mut Criterion) {
                 let confidant_protocol::Frame::Session { ciphertext, .. } = frame else {
                     unreachable!()
                 };
-                black_box(enclave.open_turn(seq, &ciphertext, 1).unwrap());
+                black_box(
+                    enclave
+                        .open_turn(seq, &ciphertext, UnixMillis::from_millis(1))
+                        .unwrap(),
+                );
             })
         });
     }

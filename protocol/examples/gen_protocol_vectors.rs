@@ -10,7 +10,7 @@ use confidant_protocol::keyconfig::{encode_list, KeyPair};
 use confidant_protocol::request::{self, CONFIDANT_LABELS};
 use confidant_protocol::session::SessionLimits;
 use confidant_protocol::user_data::{sha256, UserData};
-use confidant_protocol::{Aead, Kem, ReplayRng, Suite};
+use confidant_protocol::{Aead, Kem, ReplayRng, Suite, UnixMillis};
 use serde_json::{json, Value};
 
 fn seed(s: &str) -> Vec<u8> {
@@ -64,9 +64,9 @@ fn main() {
             kc: sha256(&list),
             model: model.clone().try_into().unwrap(),
             settings: settings.map(|s| s.try_into().unwrap()),
-            exp: 1_800_000_000,
+            exp: UnixMillis::from_secs(1_800_000_000),
         };
-        json!({ "kc": h(&u.kc), "model": h(&u.model), "settings": u.settings.map(|s| h(&s)), "exp": u.exp, "cbor": h(&u.encode()) })
+        json!({ "kc": h(&u.kc), "model": h(&u.model), "settings": u.settings.map(|s| h(&s)), "exp": u.exp.as_secs(), "cbor": h(&u.encode()) })
     };
 
     // Exchanges: one per KEM, each a request, a streamed response and two follow-up turns.
@@ -142,7 +142,7 @@ fn main() {
         }
 
         let mut client_session = client.into_session();
-        let mut enclave_session = server.session(0, SessionLimits::default());
+        let mut enclave_session = server.session(UnixMillis::EPOCH, SessionLimits::default());
         let mut turns = Vec::new();
         for (turn, reply) in [
             (
@@ -156,7 +156,9 @@ fn main() {
                 unreachable!()
             };
             assert_eq!(
-                &enclave_session.open_turn(seq, ciphertext, 1).unwrap()[..],
+                &enclave_session
+                    .open_turn(seq, ciphertext, UnixMillis::from_millis(1))
+                    .unwrap()[..],
                 turn
             );
             let mut sealer = enclave_session.reply_sealer(seq);
@@ -206,7 +208,7 @@ fn main() {
         (
             "ERROR",
             Frame::Error {
-                code: "replayed".into(),
+                code: confidant_protocol::Code::Replayed,
                 message: "request `enc` was seen before under this key (replay)".into(),
             },
         ),

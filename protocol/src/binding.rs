@@ -6,6 +6,7 @@ use confidant_verifier::Verified;
 use crate::error::ProtocolError;
 use crate::keyconfig::{decode_list, KeyConfig};
 use crate::suite::Suite;
+use crate::time::UnixMillis;
 use crate::user_data::{sha256, UserData};
 
 /// What the client pins beyond the verifier's policy.
@@ -15,8 +16,8 @@ pub struct Expectations {
     pub model: Option<[u8; 32]>,
     /// The settings digest the enclave must attest (a pin with no attested settings is a mismatch).
     pub settings: Option<[u8; 32]>,
-    /// The client's clock, unix seconds, for the key configs' expiry.
-    pub now_unix_secs: u64,
+    /// The client's clock, for the key configs' expiry.
+    pub now: UnixMillis,
 }
 
 /// An enclave key the client may encrypt to, and what it was bound to.
@@ -52,10 +53,10 @@ impl Recipient {
                 return Err(ProtocolError::SettingsMismatch);
             }
         }
-        if user_data.exp <= expect.now_unix_secs {
+        if user_data.exp <= expect.now {
             return Err(ProtocolError::KeysExpired {
                 expired_at: user_data.exp,
-                now: expect.now_unix_secs,
+                now: expect.now,
             });
         }
         let configs = decode_list(key_configs)?;

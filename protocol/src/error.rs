@@ -1,6 +1,9 @@
 //! Protocol errors, each with a stable code that travels in `ERROR` frames and appears in the
 //! conformance vectors. Messages never carry secret material.
 
+use crate::codes::Code;
+use crate::time::UnixMillis;
+
 /// Why a protocol step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
@@ -32,8 +35,11 @@ pub enum ProtocolError {
     ModelMismatch,
     #[error("attested settings digest differs from the pinned one")]
     SettingsMismatch,
-    #[error("attested keys expired at {expired_at} (now {now}, unix s)")]
-    KeysExpired { expired_at: u64, now: u64 },
+    #[error("attested keys expired at {expired_at} (now {now})")]
+    KeysExpired {
+        expired_at: UnixMillis,
+        now: UnixMillis,
+    },
     #[error("no key config offers a supported suite")]
     NoSupportedSuite,
 
@@ -69,35 +75,35 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// The stable code.
-    pub fn code(&self) -> &'static str {
+    /// The stable code (see [`crate::codes`]).
+    pub fn code(&self) -> Code {
         match self {
-            ProtocolError::UnknownFrame(_) => "unknown_frame",
-            ProtocolError::OversizeFrame { .. } => "oversize_frame",
-            ProtocolError::TruncatedFrame(_) => "truncated_frame",
-            ProtocolError::MalformedFrame { .. } => "malformed_frame",
-            ProtocolError::UnexpectedFrame { .. } => "unexpected_frame",
-            ProtocolError::MalformedKeyConfig(_) => "malformed_key_config",
-            ProtocolError::MalformedUserData(_) => "malformed_user_data",
-            ProtocolError::UnsupportedVersion(_) => "unsupported_version",
-            ProtocolError::KeyConfigsMismatch => "key_configs_mismatch",
-            ProtocolError::ModelMismatch => "model_mismatch",
-            ProtocolError::SettingsMismatch => "settings_mismatch",
-            ProtocolError::KeysExpired { .. } => "keys_expired",
-            ProtocolError::NoSupportedSuite => "no_supported_suite",
-            ProtocolError::UnknownKeyId(_) => "unknown_key_id",
-            ProtocolError::SuiteMismatch { .. } => "suite_mismatch",
-            ProtocolError::UnknownAttestation => "unknown_attestation",
-            ProtocolError::RequestDecrypt => "request_decrypt",
-            ProtocolError::Replayed => "replayed",
-            ProtocolError::KeyExhausted(_) => "key_exhausted",
-            ProtocolError::ChunkAuth(_) => "chunk_auth",
-            ProtocolError::TruncatedResponse => "truncated_response",
-            ProtocolError::TrailingChunk => "trailing_chunk",
-            ProtocolError::UnknownSession => "unknown_session",
-            ProtocolError::SessionExpired => "session_expired",
-            ProtocolError::SequenceReused { .. } => "sequence_reused",
-            ProtocolError::SessionAuth => "session_auth",
+            ProtocolError::UnknownFrame(_) => Code::UnknownFrame,
+            ProtocolError::OversizeFrame { .. } => Code::OversizeFrame,
+            ProtocolError::TruncatedFrame(_) => Code::TruncatedFrame,
+            ProtocolError::MalformedFrame { .. } => Code::MalformedFrame,
+            ProtocolError::UnexpectedFrame { .. } => Code::UnexpectedFrame,
+            ProtocolError::MalformedKeyConfig(_) => Code::MalformedKeyConfig,
+            ProtocolError::MalformedUserData(_) => Code::MalformedUserData,
+            ProtocolError::UnsupportedVersion(_) => Code::UnsupportedVersion,
+            ProtocolError::KeyConfigsMismatch => Code::KeyConfigsMismatch,
+            ProtocolError::ModelMismatch => Code::ModelMismatch,
+            ProtocolError::SettingsMismatch => Code::SettingsMismatch,
+            ProtocolError::KeysExpired { .. } => Code::KeysExpired,
+            ProtocolError::NoSupportedSuite => Code::NoSupportedSuite,
+            ProtocolError::UnknownKeyId(_) => Code::UnknownKeyId,
+            ProtocolError::SuiteMismatch { .. } => Code::SuiteMismatch,
+            ProtocolError::UnknownAttestation => Code::UnknownAttestation,
+            ProtocolError::RequestDecrypt => Code::RequestDecrypt,
+            ProtocolError::Replayed => Code::Replayed,
+            ProtocolError::KeyExhausted(_) => Code::KeyExhausted,
+            ProtocolError::ChunkAuth(_) => Code::ChunkAuth,
+            ProtocolError::TruncatedResponse => Code::TruncatedResponse,
+            ProtocolError::TrailingChunk => Code::TrailingChunk,
+            ProtocolError::UnknownSession => Code::UnknownSession,
+            ProtocolError::SessionExpired => Code::SessionExpired,
+            ProtocolError::SequenceReused { .. } => Code::SequenceReused,
+            ProtocolError::SessionAuth => Code::SessionAuth,
         }
     }
 }

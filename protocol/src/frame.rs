@@ -11,6 +11,7 @@
 //! | 0x07 | `ERROR` | code length (u8) ‖ code (ASCII) ‖ message (UTF-8) |
 //! | 0x08 | `HEALTH` | empty (a probe) or UTF-8 JSON status (the answer: counts, never secrets) |
 
+use crate::codes::Code;
 use crate::error::ProtocolError;
 
 /// Largest body a frame may carry: an attestation document with X-Wing key configs is ~8 KiB; a
@@ -19,17 +20,55 @@ pub const MAX_BODY: u32 = 256 * 1024;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 5;
 
-pub const ATTEST: u8 = 0x01;
-pub const ATTESTATION: u8 = 0x02;
-pub const REQUEST: u8 = 0x03;
-pub const SESSION: u8 = 0x04;
-pub const RESPONSE: u8 = 0x05;
-pub const CHUNK: u8 = 0x06;
-pub const ERROR: u8 = 0x07;
-pub const HEALTH: u8 = 0x08;
-
 /// Flag bit of a `CHUNK` frame marking the last chunk of a response.
 pub const CHUNK_FINAL: u8 = 0x01;
+
+/// The type byte of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameType {
+    Attest = 0x01,
+    Attestation = 0x02,
+    Request = 0x03,
+    Session = 0x04,
+    Response = 0x05,
+    Chunk = 0x06,
+    Error = 0x07,
+    Health = 0x08,
+}
+
+impl FrameType {
+    /// Every frame type.
+    pub const ALL: [FrameType; 8] = [
+        FrameType::Attest,
+        FrameType::Attestation,
+        FrameType::Request,
+        FrameType::Session,
+        FrameType::Response,
+        FrameType::Chunk,
+        FrameType::Error,
+        FrameType::Health,
+    ];
+
+    /// The type for a type byte, if it is defined.
+    pub fn from_byte(byte: u8) -> Option<FrameType> {
+        FrameType::ALL.into_iter().find(|t| *t as u8 == byte)
+    }
+
+    /// The frame's name, as in the specification.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FrameType::Attest => "ATTEST",
+            FrameType::Attestation => "ATTESTATION",
+            FrameType::Request => "REQUEST",
+            FrameType::Session => "SESSION",
+            FrameType::Response => "RESPONSE",
+            FrameType::Chunk => "CHUNK",
+            FrameType::Error => "ERROR",
+            FrameType::Health => "HEALTH",
+        }
+    }
+}
 
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,36 +95,36 @@ pub enum Frame {
     Response { nonce: Vec<u8> },
     /// One sealed chunk of a response.
     Chunk { last: bool, sealed: Vec<u8> },
-    /// A rejection.
-    Error { code: String, message: String },
+    /// A rejection: a registered code and a message built from fixed text (never secret).
+    Error { code: Code, message: String },
     /// A health probe (empty) or its answer.
     Health { status: String },
 }
 
 impl Frame {
-    /// The frame's type byte.
-    pub fn frame_type(&self) -> u8 {
+    /// The frame's type.
+    pub fn frame_type(&self) -> FrameType {
         match self {
-            Frame::Attest { .. } => ATTEST,
-            Frame::Attestation { .. } => ATTESTATION,
-            Frame::Request { .. } => REQUEST,
-            Frame::Session { .. } => SESSION,
-            Frame::Response { .. } => RESPONSE,
-            Frame::Chunk { .. } => CHUNK,
-            Frame::Error { .. } => ERROR,
-            Frame::Health { .. } => HEALTH,
+            Frame::Attest { .. } => FrameType::Attest,
+            Frame::Attestation { .. } => FrameType::Attestation,
+            Frame::Request { .. } => FrameType::Request,
+            Frame::Session { .. } => FrameType::Session,
+            Frame::Response { .. } => FrameType::Response,
+            Frame::Chunk { .. } => FrameType::Chunk,
+            Frame::Error { .. } => FrameType::Error,
+            Frame::Health { .. } => FrameType::Health,
         }
     }
 
     /// The frame's name, for errors.
     pub fn name(&self) -> &'static str {
-        type_name(self.frame_type())
+        self.frame_type().name()
     }
 
     /// Appends the encoded frame to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
-        out.push(self.frame_type());
+        out.push(self.frame_type() as u8);
         out.extend_from_slice(&[0; 4]);
         match self {
             Frame::Attest { nonce } => {
@@ -123,7 +162,8 @@ impl Frame {
                 out.extend_from_slice(sealed);
             }
             Frame::Error { code, message } => {
-                let code = &code.as_bytes()[..code.len().min(255)];
+                // Registered codes are short ASCII (well under 255 bytes).
+                let code = code.as_str().as_bytes();
                 out.push(code.len() as u8);
                 out.extend_from_slice(code);
                 out.extend_from_slice(message.as_bytes());
@@ -144,26 +184,26 @@ impl Frame {
     /// An `ERROR` frame for `error`.
     pub fn error(error: &ProtocolError) -> Frame {
         Frame::Error {
-            code: error.code().to_string(),
+            code: error.code(),
             message: error.to_string(),
         }
     }
 
     /// Decodes a body of type `ty`.
-    pub fn decode_body(ty: u8, body: &[u8]) -> Result<Frame, ProtocolError> {
+    pub fn decode_body(ty: FrameType, body: &[u8]) -> Result<Frame, ProtocolError> {
         let malformed = |detail: &str| ProtocolError::MalformedFrame {
-            frame: type_name(ty),
+            frame: ty.name(),
             detail: detail.to_string(),
         };
         Ok(match ty {
-            ATTEST => match body.len() {
+            FrameType::Attest => match body.len() {
                 0 => Frame::Attest { nonce: None },
                 32 => Frame::Attest {
                     nonce: Some(body.try_into().map_err(|_| malformed("nonce"))?),
                 },
                 _ => return Err(malformed("body must be empty or a 32-byte nonce")),
             },
-            ATTESTATION => {
+            FrameType::Attestation => {
                 let (len, rest) = split_u32(body).ok_or_else(|| malformed("no document length"))?;
                 if rest.len() < len as usize {
                     return Err(malformed("document longer than the frame"));
@@ -174,7 +214,7 @@ impl Frame {
                     key_configs: key_configs.to_vec(),
                 }
             }
-            REQUEST => {
+            FrameType::Request => {
                 if body.len() < 32 + 7 {
                     return Err(malformed("shorter than a binding and a request header"));
                 }
@@ -184,7 +224,7 @@ impl Frame {
                     encapsulated: rest.to_vec(),
                 }
             }
-            SESSION => {
+            FrameType::Session => {
                 if body.len() < 16 + 8 {
                     return Err(malformed("shorter than a session id and sequence number"));
                 }
@@ -196,7 +236,7 @@ impl Frame {
                     ciphertext: ct.to_vec(),
                 }
             }
-            RESPONSE => {
+            FrameType::Response => {
                 if body.len() != 16 && body.len() != 32 {
                     return Err(malformed("response nonce must be 16 or 32 bytes"));
                 }
@@ -204,7 +244,7 @@ impl Frame {
                     nonce: body.to_vec(),
                 }
             }
-            CHUNK => {
+            FrameType::Chunk => {
                 let (&flags, sealed) = body.split_first().ok_or_else(|| malformed("empty"))?;
                 if flags & !CHUNK_FINAL != 0 {
                     return Err(malformed("unknown flag bits"));
@@ -214,7 +254,7 @@ impl Frame {
                     sealed: sealed.to_vec(),
                 }
             }
-            ERROR => {
+            FrameType::Error => {
                 let (&n, rest) = body.split_first().ok_or_else(|| malformed("empty"))?;
                 if rest.len() < n as usize {
                     return Err(malformed("code longer than the frame"));
@@ -222,21 +262,17 @@ impl Frame {
                 let (code, message) = rest.split_at(n as usize);
                 let code = std::str::from_utf8(code)
                     .ok()
-                    .filter(|c| {
-                        c.bytes()
-                            .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
-                    })
-                    .ok_or_else(|| malformed("code is not [a-z0-9_]"))?;
+                    .and_then(Code::from_wire)
+                    .ok_or_else(|| malformed("code is not a registered error code"))?;
                 Frame::Error {
-                    code: code.to_string(),
+                    code,
                     message: String::from_utf8_lossy(message).into_owned(),
                 }
             }
-            HEALTH => Frame::Health {
+            FrameType::Health => Frame::Health {
                 status: String::from_utf8(body.to_vec())
                     .map_err(|_| malformed("status is not UTF-8"))?,
             },
-            other => return Err(ProtocolError::UnknownFrame(other)),
         })
     }
 }
@@ -247,21 +283,6 @@ fn split_u32(b: &[u8]) -> Option<(u32, &[u8])> {
     }
     let (n, rest) = b.split_at(4);
     Some((u32::from_be_bytes(n.try_into().ok()?), rest))
-}
-
-/// The name of a frame type.
-pub fn type_name(ty: u8) -> &'static str {
-    match ty {
-        ATTEST => "ATTEST",
-        ATTESTATION => "ATTESTATION",
-        REQUEST => "REQUEST",
-        SESSION => "SESSION",
-        RESPONSE => "RESPONSE",
-        CHUNK => "CHUNK",
-        ERROR => "ERROR",
-        HEALTH => "HEALTH",
-        _ => "unknown",
-    }
 }
 
 /// Incremental decoder: push bytes as they arrive, pull whole frames.
@@ -297,12 +318,10 @@ impl FrameDecoder {
 
     /// The next complete frame, `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        let Some(&ty) = self.buf.first() else {
+        let Some(&byte) = self.buf.first() else {
             return Ok(None);
         };
-        if type_name(ty) == "unknown" {
-            return Err(ProtocolError::UnknownFrame(ty));
-        }
+        let ty = FrameType::from_byte(byte).ok_or(ProtocolError::UnknownFrame(byte))?;
         if self.buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -370,7 +389,7 @@ mod tests {
                 sealed: vec![],
             },
             Frame::Error {
-                code: "replayed".into(),
+                code: Code::Replayed,
                 message: "seen before".into(),
             },
         ]
@@ -401,7 +420,7 @@ mod tests {
         assert_eq!(dec.next_frame(), Err(ProtocolError::UnknownFrame(0x42)));
 
         let mut dec = FrameDecoder::default();
-        dec.push(&[CHUNK, 0xff, 0xff, 0xff, 0xff]);
+        dec.push(&[FrameType::Chunk as u8, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(
             dec.next_frame(),
             Err(ProtocolError::OversizeFrame { .. })
@@ -419,23 +438,25 @@ mod tests {
 
     #[test]
     fn rejects_malformed_bodies() {
+        use FrameType::*;
         for (ty, body) in [
-            (ATTEST, vec![0; 5]),
-            (ATTESTATION, vec![0, 0, 0, 9, 1]),
-            (REQUEST, vec![0; 10]),
-            (SESSION, vec![0; 23]),
-            (RESPONSE, vec![0; 12]),
-            (CHUNK, vec![]),
-            (CHUNK, vec![0x02, 1]),
-            (ERROR, vec![5, b'a']),
-            (ERROR, vec![1, b'A']),
+            (Attest, vec![0; 5]),
+            (Attestation, vec![0, 0, 0, 9, 1]),
+            (Request, vec![0; 10]),
+            (Session, vec![0; 23]),
+            (Response, vec![0; 12]),
+            (Chunk, vec![]),
+            (Chunk, vec![0x02, 1]),
+            (Error, vec![5, b'a']),
+            (Error, vec![1, b'A']),
+            (Error, [&[8u8][..], b"replayex"].concat()),
         ] {
             assert!(
                 matches!(
                     Frame::decode_body(ty, &body),
                     Err(ProtocolError::MalformedFrame { .. })
                 ),
-                "{ty:#x} {body:?}"
+                "{ty:?} {body:?}"
             );
         }
     }

@@ -13,6 +13,8 @@
 mod aead;
 pub mod binding;
 pub mod chunks;
+pub mod codes;
+pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
@@ -25,9 +27,17 @@ pub mod session;
 pub mod suite;
 pub mod user_data;
 
+/// Time as unix milliseconds, shared with the verifier.
+pub use confidant_verifier::time;
+
 pub use binding::{Expectations, Recipient};
+pub use codes::Code;
 pub use error::ProtocolError;
-pub use frame::{Frame, FrameDecoder};
+pub use frame::{Frame, FrameDecoder, FrameType};
 pub use hpke_ops::{system_rng, ReplayRng};
 pub use keyconfig::{KeyConfig, KeyPair};
 pub use suite::{Aead, Kem, Suite};
+pub use time::UnixMillis;
+
+/// The ALPN of Confidant's QUIC between client and relay.
+pub const ALPN: &[u8] = b"confidant/1";

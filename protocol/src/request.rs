@@ -339,9 +339,9 @@ impl ServerRequest {
     /// The enclave end of the session this request opens.
     pub fn session(
         &self,
-        now_ms: u64,
+        now: crate::time::UnixMillis,
         limits: crate::session::SessionLimits,
     ) -> crate::session::EnclaveSession {
-        crate::session::EnclaveSession::new(Arc::new(self.secrets.session_keys()), now_ms, limits)
+        crate::session::EnclaveSession::new(Arc::new(self.secrets.session_keys()), now, limits)
     }
 }

@@ -14,6 +14,7 @@
 //! holder drops them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -24,6 +25,7 @@ use crate::chunks::{ChunkOpener, ChunkSealer, Schedule};
 use crate::error::ProtocolError;
 use crate::frame::Frame;
 use crate::suite::Aead;
+use crate::time::UnixMillis;
 
 /// Export label of the session secret.
 pub const SESSION_EXPORT_LABEL: &[u8] = b"confidant session";
@@ -141,18 +143,18 @@ impl ClientSession {
     }
 }
 
-/// Idle and absolute lifetimes of a session, in milliseconds.
+/// Idle and absolute lifetimes of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
-    pub idle_ms: u64,
-    pub absolute_ms: u64,
+    pub idle: Duration,
+    pub absolute: Duration,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            idle_ms: 10 * 60 * 1000,
-            absolute_ms: 60 * 60 * 1000,
+            idle: Duration::from_secs(10 * 60),
+            absolute: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -162,22 +164,22 @@ impl Default for SessionLimits {
 pub struct EnclaveSession {
     keys: Arc<SessionKeys>,
     last_seq: u64,
-    created_ms: u64,
-    last_used_ms: u64,
+    created: UnixMillis,
+    last_used: UnixMillis,
     limits: SessionLimits,
 }
 
 impl EnclaveSession {
     pub(crate) fn new(
         keys: Arc<SessionKeys>,
-        now_ms: u64,
+        now: UnixMillis,
         limits: SessionLimits,
     ) -> EnclaveSession {
         EnclaveSession {
             keys,
             last_seq: 0,
-            created_ms: now_ms,
-            last_used_ms: now_ms,
+            created: now,
+            last_used: now,
             limits,
         }
     }
@@ -187,10 +189,15 @@ impl EnclaveSession {
         self.keys.id()
     }
 
-    /// Whether the session has outlived either limit at `now_ms`.
-    pub fn is_expired(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.last_used_ms) > self.limits.idle_ms
-            || now_ms.saturating_sub(self.created_ms) > self.limits.absolute_ms
+    /// Whether the session has outlived either limit at `now`.
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        now.saturating_since(self.last_used) > self.limits.idle
+            || now.saturating_since(self.created) > self.limits.absolute
+    }
+
+    /// When the session was last used (created, or a turn authenticated).
+    pub fn last_used(&self) -> UnixMillis {
+        self.last_used
     }
 
     /// Opens turn `seq`: it must be fresh (above every accepted one) and authentic. Only an authentic
@@ -199,9 +206,9 @@ impl EnclaveSession {
         &mut self,
         seq: u64,
         ciphertext: &[u8],
-        now_ms: u64,
+        now: UnixMillis,
     ) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-        if self.is_expired(now_ms) {
+        if self.is_expired(now) {
             return Err(ProtocolError::SessionExpired);
         }
         if seq <= self.last_seq {
@@ -220,7 +227,7 @@ impl EnclaveSession {
             )
             .map_err(|_| ProtocolError::SessionAuth)?;
         self.last_seq = seq;
-        self.last_used_ms = now_ms;
+        self.last_used = now;
         Ok(Zeroizing::new(plaintext))
     }
 

@@ -8,6 +8,7 @@ use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader
 use sha2::{Digest, Sha256};
 
 use crate::error::ProtocolError;
+use crate::time::UnixMillis;
 
 /// Protocol version carried in `v`.
 pub const VERSION: u64 = 1;
@@ -21,8 +22,8 @@ pub struct UserData {
     pub model: [u8; 32],
     /// SHA-256 of the unsealed settings, when the enclave has any.
     pub settings: Option<[u8; 32]>,
-    /// Key-config expiry, unix seconds.
-    pub exp: u64,
+    /// Key-config expiry (whole seconds on the wire).
+    pub exp: UnixMillis,
 }
 
 /// SHA-256 of `bytes`.
@@ -46,7 +47,7 @@ impl UserData {
             write_bytes(&mut out, s);
         }
         write_text(&mut out, "exp");
-        write_head(&mut out, 0, self.exp);
+        write_head(&mut out, 0, self.exp.as_secs());
         out
     }
 
@@ -126,7 +127,7 @@ impl UserData {
             kc: kc.ok_or_else(|| bad("missing `kc`".into()))?,
             model: model.ok_or_else(|| bad("missing `model`".into()))?,
             settings,
-            exp: exp.ok_or_else(|| bad("missing `exp`".into()))?,
+            exp: UnixMillis::from_secs(exp.ok_or_else(|| bad("missing `exp`".into()))?),
         })
     }
 }
@@ -141,7 +142,7 @@ mod tests {
             kc: [1; 32],
             model: [2; 32],
             settings: None,
-            exp: 1_800_000_000,
+            exp: UnixMillis::from_secs(1_800_000_000),
         };
         assert_eq!(UserData::decode(&u.encode()).unwrap(), u);
         u.settings = Some([3; 32]);
@@ -154,7 +155,7 @@ mod tests {
             kc: [1; 32],
             model: [2; 32],
             settings: None,
-            exp: 5,
+            exp: UnixMillis::from_secs(5),
         };
         let good = u.encode();
         let mut trailing = good.clone();

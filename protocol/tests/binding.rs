@@ -9,7 +9,7 @@ use confidant_certs::dev_ca::Chain;
 use confidant_protocol::keyconfig::{encode_list, KeyPair};
 use confidant_protocol::request::{self, CONFIDANT_LABELS};
 use confidant_protocol::user_data::{sha256, UserData};
-use confidant_protocol::{Aead, Expectations, Kem, ProtocolError, Recipient};
+use confidant_protocol::{Aead, Expectations, Kem, ProtocolError, Recipient, UnixMillis};
 use confidant_verifier::encode::sign_document;
 use confidant_verifier::{AttestationDoc, Policy, Verified, Verifier, VerifyAt};
 use serde_bytes::ByteBuf;
@@ -82,7 +82,7 @@ impl Fixture {
             .verify(
                 &bytes,
                 &Policy::default(),
-                VerifyAt::Instant((self.now.unix_timestamp() * 1000) as u64),
+                VerifyAt::Instant(UnixMillis::from_secs(self.now.unix_timestamp() as u64)),
             )
             .unwrap()
     }
@@ -92,7 +92,7 @@ impl Fixture {
             kc: sha256(&self.list),
             model: [5; 32],
             settings,
-            exp: (self.now.unix_timestamp() + exp_offset) as u64,
+            exp: UnixMillis::from_secs((self.now.unix_timestamp() + exp_offset) as u64),
         }
     }
 
@@ -100,7 +100,7 @@ impl Fixture {
         Expectations {
             model: Some([5; 32]),
             settings: None,
-            now_unix_secs: self.now.unix_timestamp() as u64,
+            now: UnixMillis::from_secs(self.now.unix_timestamp() as u64),
         }
     }
 }
@@ -205,7 +205,7 @@ fn only_unsupported_suites_are_refused() {
         kc: sha256(&list),
         model: [5; 32],
         settings: None,
-        exp: (f.now.unix_timestamp() + 60) as u64,
+        exp: UnixMillis::from_secs((f.now.unix_timestamp() + 60) as u64),
     };
     let v = f.verified(Some(ud.encode()));
     assert_eq!(

@@ -9,7 +9,7 @@ use confidant_protocol::frame::{Frame, FrameDecoder};
 use confidant_protocol::keyconfig::KeyPair;
 use confidant_protocol::request::{self, CONFIDANT_LABELS};
 use confidant_protocol::session::SessionLimits;
-use confidant_protocol::{Aead, Kem, ReplayRng, Suite};
+use confidant_protocol::{Aead, Kem, ReplayRng, Suite, UnixMillis};
 use proptest::prelude::*;
 
 fn keys() -> &'static [KeyPair; 2] {
@@ -166,7 +166,7 @@ proptest! {
     fn any_bit_flip_in_a_session_frame_is_rejected(suite in suite(), bit in any::<usize>(), seed in any::<u8>()) {
         let x = exchange(suite, b"q", seed);
         let mut client = x.client.into_session();
-        let mut enclave = x.server.session(0, SessionLimits::default());
+        let mut enclave = x.server.session(UnixMillis::EPOCH, SessionLimits::default());
         let (_, frame) = client.seal_turn(b"and for my daughter?");
         let mut bytes = frame.encode();
         let bit = bit % (bytes.len() * 8);
@@ -175,7 +175,7 @@ proptest! {
         dec.push(&bytes);
         let accepted = match dec.next_frame() {
             Ok(Some(Frame::Session { id, seq, ciphertext })) => {
-                id == *enclave.id() && enclave.open_turn(seq, &ciphertext, 1).is_ok()
+                id == *enclave.id() && enclave.open_turn(seq, &ciphertext, UnixMillis::from_millis(1)).is_ok()
             }
             _ => false,
         };

@@ -7,7 +7,6 @@
 
 mod fault;
 mod tls;
-mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use confidant_protocol::endpoint::Endpoint;
+use confidant_protocol::ALPN;
+use confidant_runtime::endpoint;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use crate::fault::Fault;
-
-/// ALPN of Confidant's QUIC.
-pub const ALPN: &[u8] = b"confidant/1";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,18 +90,8 @@ struct Relay {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    confidant_runtime::logging::init();
+    let runtime = match confidant_runtime::runtime(None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -235,7 +223,7 @@ async fn serve_connection(relay: Arc<Relay>, conn: quinn::Connection) {
 async fn relay_stream(relay: Arc<Relay>, mut send: quinn::SendStream, recv: quinn::RecvStream) {
     let started = Instant::now();
     relay.counters.streams.fetch_add(1, Ordering::Relaxed);
-    let upstream = match upstream::connect(&relay.upstream).await {
+    let upstream = match endpoint::connect(&relay.upstream).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %e, "upstream unreachable");

@@ -23,10 +23,7 @@ fn load(name: &str) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let doc = load("veracruz-20221109T225200-prod.cose");
     let root = confidant_certs::aws_nitro_root_g1().to_vec();
-    let policy = Policy {
-        max_age_ms: Some(300_000),
-        ..Policy::default()
-    };
+    let policy = Policy::default();
     let at = VerifyAt::DocumentTime;
     let mut group = c.benchmark_group(format!("verify-{BACKEND}"));
 

@@ -14,11 +14,12 @@
 //! 5. **policy**: debug mode, pinned PCRs (fail closed), nonce, `user_data`, `public_key`.
 //!
 //! ```no_run
-//! use confidant_verifier::{Policy, Verifier, VerifyAt};
-//! # fn run(doc: &[u8], root_der: Vec<u8>, now_ms: u64) -> Result<(), confidant_verifier::Error> {
+//! use confidant_verifier::{PcrPin, Policy, UnixMillis, Verifier, VerifyAt};
+//! # fn run(doc: &[u8], root_der: Vec<u8>, pin: &str) -> Result<(), Box<dyn std::error::Error>> {
 //! let verifier = Verifier::new(vec![root_der])?;
-//! let policy = Policy { max_age_ms: Some(300_000), ..Policy::default() };
-//! let verified = verifier.verify(doc, &policy, VerifyAt::Instant(now_ms))?;
+//! let mut policy = Policy::default(); // five-minute maximum age, no pins
+//! policy.pin_pcr(pin.parse::<PcrPin>()?);
+//! let verified = verifier.verify(doc, &policy, VerifyAt::Instant(UnixMillis::now()))?;
 //! println!("{} at {}", verified.doc().module_id, verified.doc().timestamp);
 //! # Ok(()) }
 //! ```
@@ -32,11 +33,13 @@ mod error;
 mod policy;
 mod report;
 pub mod signature;
+pub mod time;
 mod verifier;
 
 pub use aws_nitro_enclaves_nsm_api::api::AttestationDoc;
 pub use chain::{CertCache, CertSummary};
 pub use error::{Code, Error};
-pub use policy::{Policy, PolicyError, VerifyAt, DEFAULT_FUTURE_SKEW_MS};
+pub use policy::{PcrPin, Policy, PolicyError, VerifyAt, DEFAULT_FUTURE_SKEW, DEFAULT_MAX_AGE};
 pub use report::{Report, Step, StepName, StepStatus};
+pub use time::UnixMillis;
 pub use verifier::{Verified, Verifier};

@@ -153,7 +153,7 @@ impl Verifier {
             .map(|(i, der)| Cert::parse(der, &format!("root {i}")))
             .collect::<Result<Vec<_>, _>>()?;
         let at_ms = match at {
-            VerifyAt::Instant(ms) => ms,
+            VerifyAt::Instant(t) => t.as_millis(),
             VerifyAt::DocumentTime => parsed.doc.timestamp,
         };
         let path = verify_path(&roots, &bundle, &leaf, i128::from(at_ms), &self.cache)?;

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use confidant_verifier::{Code, Policy, Verifier, VerifyAt};
+use confidant_verifier::{Code, PcrPin, Policy, UnixMillis, Verifier, VerifyAt};
 
 fn vectors() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-vectors/attestation")
@@ -62,13 +63,12 @@ fn all_34_real_documents_verify_at_their_own_timestamp_with_pcrs_pinned() {
     assert_eq!(docs.len(), 34);
     let verifier = aws();
     for real in &docs {
-        let mut policy = Policy {
-            allow_debug: real.debug,
-            max_age_ms: Some(0),
-            ..Policy::default()
-        };
+        let mut policy = Policy::default();
+        policy
+            .set_allow_debug(real.debug)
+            .set_max_age(Some(Duration::ZERO));
         for (i, v) in &real.pcrs {
-            policy.pin_pcr(*i, v.clone()).unwrap();
+            policy.pin_pcr(PcrPin::new(*i, v).unwrap());
         }
         let report = verifier.report(&real.bytes, &policy, VerifyAt::DocumentTime);
         assert!(report.is_valid(), "{}: {:?}", real.file, report.error);
@@ -76,7 +76,11 @@ fn all_34_real_documents_verify_at_their_own_timestamp_with_pcrs_pinned() {
         assert_eq!(doc.timestamp, real.timestamp_ms, "{}", real.file);
         // Also at an explicit instant equal to the timestamp, with freshness checked.
         let doc2 = verifier
-            .verify(&real.bytes, &policy, VerifyAt::Instant(real.timestamp_ms))
+            .verify(
+                &real.bytes,
+                &policy,
+                VerifyAt::Instant(UnixMillis::from_millis(real.timestamp_ms)),
+            )
             .unwrap_or_else(|e| panic!("{}: {e}", real.file));
         assert_eq!(doc2.doc().module_id, doc.module_id);
     }
@@ -84,7 +88,7 @@ fn all_34_real_documents_verify_at_their_own_timestamp_with_pcrs_pinned() {
 
 #[test]
 fn all_real_documents_are_rejected_now_as_expired() {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64 * 1000;
+    let now = UnixMillis::now();
     let verifier = aws();
     for real in real_documents() {
         let err = verifier
@@ -126,10 +130,8 @@ fn shared_negatives_are_rejected_with_their_reason() {
     ];
     for (file, code) in cases {
         let bytes = std::fs::read(vectors().join("negative").join(file)).unwrap();
-        let policy = Policy {
-            allow_debug: true,
-            ..Policy::default()
-        };
+        let mut policy = Policy::default();
+        policy.set_allow_debug(true);
         let err = verifier
             .verify(&bytes, &policy, VerifyAt::DocumentTime)
             .unwrap_err();
@@ -141,10 +143,8 @@ fn shared_negatives_are_rejected_with_their_reason() {
 fn a_repeat_verification_takes_its_links_from_the_cache() {
     let verifier = aws();
     let real = &real_documents()[0];
-    let policy = Policy {
-        allow_debug: true,
-        ..Policy::default()
-    };
+    let mut policy = Policy::default();
+    policy.set_allow_debug(true);
     let first = verifier.report(&real.bytes, &policy, VerifyAt::DocumentTime);
     assert!(
         first.steps[1].detail.contains("(0 from cache)"),
@@ -159,7 +159,7 @@ fn a_repeat_verification_takes_its_links_from_the_cache() {
         second.steps[1].detail
     );
     // The cache never excuses validity.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64 * 1000;
+    let now = UnixMillis::now();
     let third = verifier.report(&real.bytes, &policy, VerifyAt::Instant(now));
     assert_eq!(third.error.unwrap().code(), Code::CertExpired);
 }

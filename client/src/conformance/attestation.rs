@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use confidant_verifier::signature::verify_es384;
-use confidant_verifier::{Code, Policy, Verifier, VerifyAt};
+use confidant_verifier::{Code, PcrPin, Policy, UnixMillis, Verifier, VerifyAt};
 use serde_json::Value;
 
 use super::{hex_field, read_json, CaseResult};
@@ -41,8 +41,10 @@ fn run_case(suite: &Path, case: &Value) -> Result<(), String> {
     };
     let at = match &case["at"] {
         Value::String(s) if s == "doc" => VerifyAt::DocumentTime,
-        Value::String(s) if s == "now" => VerifyAt::Instant(crate::time_arg::now_ms()),
-        v => VerifyAt::Instant(v.as_u64().ok_or("`at` is not doc, now or milliseconds")?),
+        Value::String(s) if s == "now" => VerifyAt::Instant(UnixMillis::now()),
+        v => VerifyAt::Instant(UnixMillis::from_millis(
+            v.as_u64().ok_or("`at` is not doc, now or milliseconds")?,
+        )),
     };
     let policy = policy(&case["policy"])?;
     let verifier = Verifier::new(roots).map_err(|e| format!("root: {e}"))?;
@@ -65,27 +67,31 @@ fn run_case(suite: &Path, case: &Value) -> Result<(), String> {
 }
 
 fn policy(v: &Value) -> Result<Policy, String> {
-    let mut policy = Policy {
-        allow_debug: v["allow_debug"].as_bool().unwrap_or(false),
-        max_age_ms: v["max_age_secs"].as_u64().map(|s| s * 1000),
-        ..Policy::default()
-    };
+    let mut policy = Policy::default();
+    // A case without `max_age_secs` checks no maximum age.
+    policy
+        .set_allow_debug(v["allow_debug"].as_bool().unwrap_or(false))
+        .set_max_age(
+            v["max_age_secs"]
+                .as_u64()
+                .map(std::time::Duration::from_secs),
+        );
     if let Some(pcrs) = v["pcrs"].as_object() {
         for (idx, value) in pcrs {
             let idx: usize = idx.parse().map_err(|_| format!("PCR index `{idx}`"))?;
             let value =
                 hex::decode(value.as_str().unwrap_or("")).map_err(|_| "PCR value is not hex")?;
-            policy.pin_pcr(idx, value).map_err(|e| e.to_string())?;
+            policy.pin_pcr(PcrPin::new(idx, &value).map_err(|e| e.to_string())?);
         }
     }
-    for (key, slot) in [
-        ("nonce", &mut policy.nonce),
-        ("user_data", &mut policy.user_data),
-        ("public_key", &mut policy.public_key),
-    ] {
-        if v.get(key).is_some() {
-            *slot = Some(hex_field(v, key)?);
-        }
+    if v.get("nonce").is_some() {
+        policy.expect_nonce(hex_field(v, "nonce")?);
+    }
+    if v.get("user_data").is_some() {
+        policy.expect_user_data(hex_field(v, "user_data")?);
+    }
+    if v.get("public_key").is_some() {
+        policy.expect_public_key(hex_field(v, "public_key")?);
     }
     Ok(policy)
 }

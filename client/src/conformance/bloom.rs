@@ -1,5 +1,5 @@
 //! Suite `bloom`: the BLOOM reference (`bloom/reference.json`, computed by Hugging Face transformers)
-//! through the enclave's own model, by running `confidant-enclave model-check`: the client does not link
+//! through the enclave's own model, by running `confidant-model check`: the client does not link
 //! libtorch. Each reference case is a conformance case: logits within the tolerance and the greedy
 //! continuation equal.
 
@@ -8,33 +8,32 @@ use std::process::Command;
 
 use super::{CaseResult, SuiteError};
 
-/// The enclave binary: `$CONFIDANT_ENCLAVE`, else beside this binary, else on `PATH`.
-pub(crate) fn enclave_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CONFIDANT_ENCLAVE") {
+/// The model tools: `$CONFIDANT_MODEL_TOOL`, else beside this binary, else on `PATH`.
+fn model_tool() -> Option<PathBuf> {
+    const NAME: &str = "confidant-model";
+    if let Some(p) = std::env::var_os("CONFIDANT_MODEL_TOOL") {
         return Some(PathBuf::from(p));
     }
-    let sibling = std::env::current_exe()
-        .ok()?
-        .with_file_name("confidant-enclave");
+    let sibling = std::env::current_exe().ok()?.with_file_name(NAME);
     if sibling.is_file() {
         return Some(sibling);
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join("confidant-enclave"))
+            .map(|d| d.join(NAME))
             .find(|p| p.is_file())
     })
 }
 
 pub fn run(dir: &Path) -> Result<Vec<CaseResult>, SuiteError> {
-    let bin = enclave_binary().ok_or_else(|| {
+    let bin = model_tool().ok_or_else(|| {
         SuiteError::Unavailable(
-            "needs confidant-enclave (beside confidant, on PATH, or in $CONFIDANT_ENCLAVE)".into(),
+            "needs confidant-model (beside confidant, on PATH, or in $CONFIDANT_MODEL_TOOL)".into(),
         )
     })?;
     let suite = dir.join("bloom");
     let output = Command::new(&bin)
-        .arg("model-check")
+        .arg("check")
         .arg("--model")
         .arg(&suite)
         .arg("--reference")
@@ -44,7 +43,7 @@ pub fn run(dir: &Path) -> Result<Vec<CaseResult>, SuiteError> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).map_err(|_| {
         SuiteError::Failed(format!(
-            "model-check printed no report (exit {:?}): {}",
+            "confidant-model check printed no report (exit {:?}): {}",
             output.status.code(),
             String::from_utf8_lossy(&output.stderr).trim()
         ))
@@ -69,7 +68,7 @@ pub fn run(dir: &Path) -> Result<Vec<CaseResult>, SuiteError> {
             CaseResult::check(format!("bloom/case-{i}-len-{}", c["input_len"]), outcome)
         })
         .collect();
-    // model-check's exit status must agree with the cases.
+    // The check's exit status must agree with the cases.
     let all_ok = results.iter().all(|r| r.outcome.is_ok());
     results.push(CaseResult::check(
         "bloom/exit-status",

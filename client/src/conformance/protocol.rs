@@ -11,7 +11,7 @@ use confidant_protocol::replay::ReplayCache;
 use confidant_protocol::request::{self, ServerRequest, CONFIDANT_LABELS};
 use confidant_protocol::session::{ClientSession, EnclaveSession, SessionLimits};
 use confidant_protocol::user_data::{sha256, UserData};
-use confidant_protocol::{Aead, Kem, ProtocolError, ReplayRng, Suite};
+use confidant_protocol::{Aead, Kem, ProtocolError, ReplayRng, Suite, UnixMillis};
 use serde_json::Value;
 
 use super::{hex_field, read_json, CaseResult};
@@ -149,7 +149,7 @@ fn user_data(v: &Value, cases: &mut Vec<CaseResult>) -> R<()> {
             kc: digest(u, "kc")?,
             model: digest(u, "model")?,
             settings,
-            exp: u["exp"].as_u64().ok_or("no exp")?,
+            exp: UnixMillis::from_secs(u["exp"].as_u64().ok_or("no exp")?),
         };
         let cbor = hex_field(u, "cbor")?;
         cases.push(CaseResult::check(
@@ -301,7 +301,7 @@ fn exchange(name: &str, x: &Value, keys: &[KeyPair], cases: &mut Vec<CaseResult>
 
     // Session turns.
     let mut client_session = client.into_session();
-    let mut enclave_session = server.session(0, SessionLimits::default());
+    let mut enclave_session = server.session(UnixMillis::EPOCH, SessionLimits::default());
     let sess = &x["session"];
     let mut turns = Vec::new();
     cases.push(CaseResult::check(
@@ -323,7 +323,9 @@ fn exchange(name: &str, x: &Value, keys: &[KeyPair], cases: &mut Vec<CaseResult>
             };
             eq(
                 "turn plaintext",
-                &enclave_session.open_turn(seq, &ciphertext, 1).map_err(e)?,
+                &enclave_session
+                    .open_turn(seq, &ciphertext, UnixMillis::from_millis(1))
+                    .map_err(e)?,
                 &plain,
             )?;
             let sealed = seal_chunks(|| Ok(enclave_session.reply_sealer(seq)), &reply)?;
@@ -391,7 +393,7 @@ fn seal_chunks(
 
 /// Applies one negative case; `Err(code)` is the rejection.
 fn negative(n: &Value, x: &Exchange, keys: &[KeyPair]) -> Result<(), String> {
-    let code = |err: ProtocolError| err.code().to_string();
+    let code = |err: ProtocolError| err.code().as_str().to_string();
     let name = n["name"].as_str().unwrap_or("");
     let decap = |bytes: &[u8], binding: &[u8]| -> Result<ServerRequest, String> {
         request::decapsulate(keys, binding, bytes, &CONFIDANT_LABELS).map_err(code)
@@ -443,23 +445,34 @@ fn negative(n: &Value, x: &Exchange, keys: &[KeyPair]) -> Result<(), String> {
         }
         "session" => {
             let server = decap(&x.encapsulated, &x.binding)?;
-            let mut session: EnclaveSession = server.session(0, SessionLimits::default());
+            let mut session: EnclaveSession =
+                server.session(UnixMillis::EPOCH, SessionLimits::default());
             let turn = |i: usize| x.turns.get(i).cloned().ok_or("missing turn".to_string());
             let (s1, ct1, reply1) = turn(0)?;
             let (s2, ct2, _) = turn(1)?;
             match name {
                 "sequence-reuse" => {
-                    session.open_turn(s1, &ct1, 1).map_err(code)?;
-                    session.open_turn(s1, &ct1, 2).map_err(code)?;
+                    session
+                        .open_turn(s1, &ct1, UnixMillis::from_millis(1))
+                        .map_err(code)?;
+                    session
+                        .open_turn(s1, &ct1, UnixMillis::from_millis(2))
+                        .map_err(code)?;
                 }
                 "sequence-rewind" => {
-                    session.open_turn(s2, &ct2, 1).map_err(code)?;
-                    session.open_turn(s1, &ct1, 2).map_err(code)?;
+                    session
+                        .open_turn(s2, &ct2, UnixMillis::from_millis(1))
+                        .map_err(code)?;
+                    session
+                        .open_turn(s1, &ct1, UnixMillis::from_millis(2))
+                        .map_err(code)?;
                 }
                 "tampered-turn" => {
                     let mut ct = ct1.clone();
                     *ct.last_mut().ok_or("empty")? ^= 1;
-                    session.open_turn(s1, &ct, 1).map_err(code)?;
+                    session
+                        .open_turn(s1, &ct, UnixMillis::from_millis(1))
+                        .map_err(code)?;
                 }
                 "reply-to-other-turn" => {
                     let client: ClientSession = client_request(x, keys)?.into_session();

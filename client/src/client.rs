@@ -1,0 +1,113 @@
+//! A client for one relay: the connection, the attested enclave behind it (from the cache or fresh),
+//! and questions and session turns that re-attest once when the enclave's keys changed.
+
+use std::path::Path;
+
+use confidant_protocol::message::Ask;
+use confidant_protocol::request::ClientRequest;
+use confidant_protocol::session::ClientSession;
+
+use crate::cache;
+use crate::quic::Relay;
+use crate::remote::{self, Answer, Attested, RemoteError};
+use crate::trust::Trust;
+
+/// Connected to a relay, trusting what `trust` says.
+#[derive(Debug)]
+pub struct Client {
+    relay: Relay,
+    relay_name: String,
+    trust: Trust,
+    attested: Option<Attested>,
+    use_cache: bool,
+}
+
+impl Client {
+    /// Connects to `relay` (`HOST:PORT`), checking its TLS certificate against `relay_ca` (PEM) or the
+    /// system roots.
+    pub async fn connect(
+        relay: &str,
+        relay_ca: Option<&Path>,
+        trust: Trust,
+    ) -> Result<Client, RemoteError> {
+        Ok(Client {
+            relay: Relay::connect(relay, relay_ca).await?,
+            relay_name: relay.to_string(),
+            trust,
+            attested: None,
+            use_cache: true,
+        })
+    }
+
+    /// Never read or write the attestation cache.
+    pub fn without_cache(mut self) -> Client {
+        self.use_cache = false;
+        self
+    }
+
+    /// The attested enclave: the one already verified, else a cached document that still verifies,
+    /// else a fresh one (with a nonce), which is then cached.
+    pub async fn attested(&mut self) -> Result<&Attested, RemoteError> {
+        if self.attested.is_none() && self.use_cache {
+            self.attested = cache::load(&self.relay_name, &self.trust);
+        }
+        if self.attested.is_none() {
+            self.attest_fresh().await?;
+        }
+        self.attested
+            .as_ref()
+            .ok_or(RemoteError::Ended("an attestation document"))
+    }
+
+    /// A fresh attestation (with a nonce), replacing any held or cached one.
+    pub async fn attest_fresh(&mut self) -> Result<&Attested, RemoteError> {
+        let attested = remote::attest(&self.relay, &self.trust).await?;
+        if self.use_cache {
+            cache::store(&self.relay_name, &attested);
+        }
+        Ok(self.attested.insert(attested))
+    }
+
+    /// Asks one question; the answer's text goes to `out` as it arrives. When the enclave no longer
+    /// knows the keys the question was encrypted to (it restarted or rotated them), re-attests once
+    /// and asks again.
+    pub async fn ask(
+        &mut self,
+        ask: &Ask,
+        out: &mut dyn FnMut(&str),
+    ) -> Result<(Answer, ClientRequest), RemoteError> {
+        self.attested().await?;
+        let first = match &self.attested {
+            Some(a) => remote::ask(&self.relay, a, ask, out).await,
+            None => return Err(RemoteError::Ended("an attestation document")),
+        };
+        match first {
+            Err(e) if e.wants_fresh_keys() => {
+                if self.use_cache {
+                    cache::forget(&self.relay_name);
+                }
+                self.attest_fresh().await?;
+                match &self.attested {
+                    Some(a) => remote::ask(&self.relay, a, ask, out).await,
+                    None => Err(RemoteError::Ended("an attestation document")),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One follow-up turn of a session.
+    pub async fn turn(
+        &self,
+        session: &mut ClientSession,
+        ask: &Ask,
+        out: &mut dyn FnMut(&str),
+    ) -> Result<Answer, RemoteError> {
+        remote::turn(&self.relay, session, ask, out).await
+    }
+
+    /// Closes the connection (the relay sees a clean close).
+    pub fn close(&self) {
+        self.relay.close();
+    }
+}

@@ -1,0 +1,85 @@
+//! `confidant-model`: the model's tools, outside the enclave image — check a checkpoint against
+//! reference logits, benchmark it, and write the local default's demo model.
+//!
+//! Exit codes: 0 success, 1 a check failed, 2 usage or I/O error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use confidant_model::Dtype;
+
+mod bench;
+mod check;
+mod rss;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "confidant-model",
+    version,
+    about = "Confidant's BLOOM tools: check a checkpoint, benchmark it, make the demo model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a BLOOM checkpoint against reference logits and greedy continuations.
+    Check {
+        /// Model directory (config.json and model.safetensors).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Reference file (cases of input ids, last-position logits, 12-token greedy continuation).
+        #[arg(long, value_name = "FILE")]
+        reference: PathBuf,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
+    },
+    /// Time prefill and decoding; prints one JSON object.
+    Bench(bench::BenchArgs),
+    /// Time a whole answer in process (the baseline of the end-to-end overhead); one JSON object.
+    #[command(hide = true)]
+    BenchGenerate(bench::GenerateBenchArgs),
+    /// Write the local default's model: a BPE tokenizer trained on shipped text and a random-weight
+    /// BLOOM of matching vocabulary, deterministic from the seed.
+    DemoModel {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check {
+            model,
+            reference,
+            dtype,
+        } => check::run(&model, &reference, dtype),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchGenerate(args) => bench::run_generate(&args),
+        Command::DemoModel { out, seed } => {
+            let spec = confidant_model::demo::DemoSpec {
+                seed,
+                ..Default::default()
+            };
+            confidant_model::demo::write_demo_model(&out, spec)
+                .map(|()| {
+                    eprintln!("wrote the demo model to {}", out.display());
+                    0
+                })
+                .map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

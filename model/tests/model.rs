@@ -1,0 +1,478 @@
+//! BLOOM on libtorch: the shared reference, cache reuse, streaming, stopping, sampling and the worker.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+
+use confidant_model::engine::{Engine, EngineConfig, Event, Failure, Job};
+use confidant_model::generate::{generate, greedy_ids, Conversation, Finish, GenerateParams};
+use confidant_model::template::ChatTemplate;
+use confidant_model::testing::{process_scratch_dir, write_demo};
+use confidant_model::tokenizer::StreamDecoder;
+use confidant_model::{load_model, Dtype, KvCache, LoadedModel};
+use tch::Tensor;
+
+fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-vectors/bloom")
+}
+
+fn demo_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = process_scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
+        write_demo(dir.path()).unwrap();
+        dir
+    })
+    .path()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn shared_reference_logits_and_greedy_continuations() {
+    let text = std::fs::read_to_string(reference_dir().join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tol = reference["tolerance_abs"].as_f64().unwrap();
+    let model = load_model(&reference_dir(), Dtype::F32).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let ids: Vec<i64> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let want: Vec<f32> = serde_json::from_value(case["last_logits"].clone()).unwrap();
+        let mut cache = KvCache::new(model.layers());
+        let got = model.forward(&ids, &mut cache).unwrap();
+        assert!(max_diff(&got, &Tensor::from_slice(&want)) <= tol);
+        let greedy: Vec<i64> = serde_json::from_value(case["greedy_next_12"].clone()).unwrap();
+        assert_eq!(greedy_ids(&model, &ids, 12).unwrap(), greedy);
+    }
+}
+
+#[test]
+fn cached_decoding_equals_recomputing_the_prefix() {
+    let model = load_model(demo_dir(), Dtype::F32).unwrap();
+    let ids: Vec<i64> = (0..20).map(|i| (i * 37 + 5) % 700).collect();
+    let mut full = KvCache::new(model.layers());
+    let whole = model.forward(&ids, &mut full).unwrap();
+    let mut inc = KvCache::new(model.layers());
+    let _ = model.forward(&ids[..7], &mut inc).unwrap();
+    let _ = model.forward(&ids[7..15], &mut inc).unwrap();
+    let stepped = model.forward(&ids[15..], &mut inc).unwrap();
+    assert_eq!(inc.len(), 20);
+    assert!(
+        max_diff(&whole, &stepped) < 1e-4,
+        "{}",
+        max_diff(&whole, &stepped)
+    );
+}
+
+#[test]
+fn a_second_turn_reuses_the_cache_and_matches_a_fresh_run_over_the_whole_history() {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let params = GenerateParams {
+        max_new_tokens: 6,
+        ..GenerateParams::default()
+    };
+    let template = ChatTemplate::default();
+    let turn1 = m
+        .turn_ids(&template, "What is a deductible?", true)
+        .unwrap();
+    let turn2 = m.turn_ids(&template, "And coinsurance?", false).unwrap();
+    let mut conv = Conversation::new(&m.model);
+    let out1 = generate(
+        &m.model,
+        &m.tokenizer,
+        &mut conv,
+        &turn1,
+        &params,
+        None,
+        &mut |_| true,
+    )
+    .unwrap();
+    let cached_before = conv.cache.len();
+    let out2 = generate(
+        &m.model,
+        &m.tokenizer,
+        &mut conv,
+        &turn2,
+        &params,
+        None,
+        &mut |_| true,
+    )
+    .unwrap();
+    assert!(conv.cache.len() > cached_before);
+    // Fresh: the whole history (turn 1, its answer, turn 2) in one prompt.
+    let mut history = turn1.clone();
+    history.extend(&out1.generated_tokens);
+    history.extend(&turn2);
+    let mut fresh = Conversation::new(&m.model);
+    let out_fresh = generate(
+        &m.model,
+        &m.tokenizer,
+        &mut fresh,
+        &history,
+        &params,
+        None,
+        &mut |_| true,
+    )
+    .unwrap();
+    assert_eq!(out2.generated_tokens, out_fresh.generated_tokens);
+}
+
+#[test]
+fn streamed_text_never_splits_a_character() {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let text = "héllo wörld — ümlaut ✓ 🙂 日本 done";
+    let ids = m.tokenizer.encode(text).unwrap();
+    let mut dec = StreamDecoder::default();
+    let mut pieces = Vec::new();
+    for id in &ids {
+        if let Some(p) = dec.push(&m.tokenizer, *id).unwrap() {
+            pieces.push(p);
+        }
+    }
+    if let Some(p) = dec.finish(&m.tokenizer).unwrap() {
+        pieces.push(p);
+    }
+    assert!(pieces.len() > 3);
+    assert!(pieces.iter().all(|p| !p.contains('\u{fffd}')), "{pieces:?}");
+    assert_eq!(pieces.concat(), m.tokenizer.decode(&ids).unwrap());
+    // Byte-level tokens inside multi-byte characters exist, so some tokens emitted nothing at once.
+    assert!(pieces.len() < ids.len());
+}
+
+#[test]
+fn stopping_on_length_eos_stop_strings_and_cancellation() {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let prompt = m
+        .tokenizer
+        .encode("Question: How much should I save?")
+        .unwrap();
+    let run = |params: &GenerateParams, eos: Option<i64>, limit: usize| {
+        let mut conv = Conversation::new(&m.model);
+        let mut text = String::new();
+        let mut calls = 0;
+        let out = generate(
+            &m.model,
+            &m.tokenizer,
+            &mut conv,
+            &prompt,
+            params,
+            eos,
+            &mut |t| {
+                text.push_str(t);
+                calls += 1;
+                calls < limit
+            },
+        )
+        .unwrap();
+        (out, text)
+    };
+    let greedy = GenerateParams {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let (out, text) = run(&greedy, None, usize::MAX);
+    assert_eq!(out.finish, Finish::MaxTokens);
+    assert_eq!(out.generated_tokens.len(), 12);
+    assert_eq!(text, m.tokenizer.decode(&out.generated_tokens).unwrap());
+
+    // EOS: make the first greedy token the end.
+    let (eos_out, eos_text) = run(&greedy, Some(out.generated_tokens[0]), usize::MAX);
+    assert_eq!(eos_out.finish, Finish::Eos);
+    assert!(eos_out.generated_tokens.is_empty() && eos_text.is_empty());
+
+    // A stop string taken from the middle of the greedy text: output ends right before it.
+    let chars: Vec<char> = text.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let (s_out, s_text) = run(
+        &GenerateParams {
+            stop: vec![stop.clone()],
+            ..greedy.clone()
+        },
+        None,
+        usize::MAX,
+    );
+    assert_eq!(s_out.finish, Finish::StopString);
+    assert!(
+        text.starts_with(&s_text) && !s_text.contains(&stop),
+        "{s_text:?} / {stop:?}"
+    );
+
+    // The consumer leaves after the first piece: generation stops.
+    let (c_out, _) = run(&greedy, None, 1);
+    assert_eq!(c_out.finish, Finish::Cancelled);
+    assert!(c_out.generated_tokens.len() < 12);
+}
+
+#[test]
+fn sampling_is_reproducible_from_its_seed() {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let prompt = m.tokenizer.encode("Answer:").unwrap();
+    let sample = |seed: u64, top_k: Option<usize>, top_p: Option<f32>| {
+        let params = GenerateParams {
+            max_new_tokens: 10,
+            temperature: 1.0,
+            top_k,
+            top_p,
+            seed,
+            stop: vec![],
+        };
+        let mut conv = Conversation::new(&m.model);
+        generate(
+            &m.model,
+            &m.tokenizer,
+            &mut conv,
+            &prompt,
+            &params,
+            None,
+            &mut |_| true,
+        )
+        .unwrap()
+        .generated_tokens
+    };
+    assert_eq!(sample(1, None, Some(0.9)), sample(1, None, Some(0.9)));
+    assert_ne!(sample(1, None, None), sample(2, None, None));
+    let mut conv = Conversation::new(&m.model);
+    let greedy = generate(
+        &m.model,
+        &m.tokenizer,
+        &mut conv,
+        &prompt,
+        &GenerateParams {
+            max_new_tokens: 10,
+            ..Default::default()
+        },
+        None,
+        &mut |_| true,
+    )
+    .unwrap()
+    .generated_tokens;
+    assert_eq!(sample(3, Some(1), None), greedy, "top_k = 1 is greedy");
+    assert!(GenerateParams {
+        top_p: Some(0.0),
+        ..Default::default()
+    }
+    .validate()
+    .is_err());
+    assert!(GenerateParams {
+        max_new_tokens: 0,
+        ..Default::default()
+    }
+    .validate()
+    .is_err());
+}
+
+fn job(id: u64, conversation: u64, first_turn: bool, text: &str, max_new_tokens: usize) -> Job {
+    Job {
+        id,
+        conversation,
+        first_turn,
+        text: text.to_string().into(),
+        params: GenerateParams {
+            max_new_tokens,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn the_engine_streams_keeps_conversations_and_refuses_beyond_capacity() {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let template = ChatTemplate::new("You answer questions about health plans.");
+    // In process, for comparison: the same two turns.
+    let (mut expect1, mut expect2) = (String::new(), String::new());
+    let mut conv = Conversation::new(&m.model);
+    let params = GenerateParams {
+        max_new_tokens: 8,
+        stop: ChatTemplate::stop_strings(),
+        ..Default::default()
+    };
+    for (turn, first, out) in [
+        ("What is a copay?", true, &mut expect1),
+        ("And a deductible?", false, &mut expect2),
+    ] {
+        let ids = m.turn_ids(&template, turn, first).unwrap();
+        generate(
+            &m.model,
+            &m.tokenizer,
+            &mut conv,
+            &ids,
+            &params,
+            m.eos,
+            &mut |t| {
+                out.push_str(t);
+                true
+            },
+        )
+        .unwrap();
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let mut gate = Some(gate_rx);
+    let engine = Engine::spawn(
+        m,
+        EngineConfig {
+            capacity: 2,
+            threads: Some(1),
+            template,
+        },
+        Box::new(move |e| {
+            // The first event blocks until the test opens the gate, so the engine stays busy.
+            if let Some(g) = gate.take() {
+                let _ = g.recv();
+            }
+            let _ = tx.send(e);
+        }),
+    )
+    .unwrap();
+    engine
+        .submit(job(1, 10, true, "What is a copay?", 8))
+        .unwrap();
+    engine
+        .submit(job(2, 20, false, "No such conversation", 8))
+        .unwrap();
+    assert!(
+        engine.submit(job(3, 30, true, "Hi", 8)).is_err(),
+        "at capacity"
+    );
+    gate_tx.send(()).unwrap();
+    let mut text = String::new();
+    let mut failed = None;
+    let mut done = false;
+    while !(done && failed.is_some()) {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap() {
+            Event::Text { job: 1, text: t } => text.push_str(&t),
+            Event::Done { job: 1, .. } => done = true,
+            Event::Failed { job: 2, failure } => failed = Some(failure),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(text, expect1);
+    assert_eq!(failed, Some(Failure::UnknownConversation));
+    // The conversation's cache is kept: the second turn continues it.
+    engine
+        .submit(job(4, 10, false, "And a deductible?", 8))
+        .unwrap();
+    let mut text = String::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap() {
+            Event::Text { job: 4, text: t } => text.push_str(&t),
+            Event::Done { job: 4, .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(text, expect2);
+    // A forgotten conversation cannot be continued.
+    engine.forget(10);
+    engine.submit(job(5, 10, false, "Still there?", 8)).unwrap();
+    match rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap() {
+        Event::Failed { job: 5, failure } => assert_eq!(failure, Failure::UnknownConversation),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(engine.load(), 0);
+}
+
+#[test]
+fn half_precision_checkpoints_load_into_f32_and_bf16() {
+    // Write the reference's weights as f16 without the `transformer.` prefix, as bigscience publishes.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        reference_dir().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let f32_model =
+        tch::Tensor::read_safetensors(reference_dir().join("model.safetensors")).unwrap();
+    let half: Vec<(String, Tensor)> = f32_model
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n.trim_start_matches("transformer.").to_string(),
+                t.to_kind(tch::Kind::Half),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&half, dir.path().join("model.safetensors")).unwrap();
+    let reference = load_model(&reference_dir(), Dtype::F32).unwrap();
+    let ids = [340, 1009, 361, 133, 986, 136, 851];
+    let want = reference.forward(&ids, &mut KvCache::new(2)).unwrap();
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        let m = load_model(dir.path(), dtype).unwrap();
+        let got = m.forward(&ids, &mut KvCache::new(2)).unwrap();
+        assert!(
+            max_diff(&got, &want) < 0.1,
+            "{dtype:?}: {}",
+            max_diff(&got, &want)
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let model = load_model(&reference_dir(), Dtype::F32).unwrap();
+    let mut cache = KvCache::new(model.layers());
+    assert!(model.forward(&[], &mut cache).is_err());
+    assert!(model.forward(&[1024], &mut cache).is_err());
+    assert!(model.forward(&[-1], &mut cache).is_err());
+    assert!(load_model(Path::new("/nonexistent"), Dtype::F32).is_err());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{\"vocab_size\": 4}").unwrap();
+    assert!(load_model(dir.path(), Dtype::F32).is_err());
+}
+
+#[test]
+fn encrypted_weights_load_with_their_key_only_and_digest_as_the_plain_model() {
+    use confidant_sealing::weights as encrypted;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(demo_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let plain = std::fs::read(demo_dir().join("model.safetensors")).unwrap();
+    let key = [0x5a; 32];
+    let mut sealed = Vec::new();
+    encrypted::encrypt(&mut &plain[..], plain.len() as u64, &mut sealed, &key, 4096).unwrap();
+    let enc = dir.path().join("model.safetensors.enc");
+    std::fs::write(&enc, &sealed).unwrap();
+
+    let reference = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let loaded = LoadedModel::load_with_key(dir.path(), Dtype::F32, Some(&key), true).unwrap();
+    assert_eq!(
+        loaded.digest, reference.digest,
+        "the digest is over the weights as loaded"
+    );
+    assert_ne!(
+        loaded.stored_digest,
+        Some(loaded.digest),
+        "the stored digest is over the encrypted file"
+    );
+    let ids = reference
+        .turn_ids(&ChatTemplate::default(), "hello", true)
+        .unwrap();
+    assert_eq!(
+        greedy_ids(&loaded.model, &ids, 6).unwrap(),
+        greedy_ids(&reference.model, &ids, 6).unwrap()
+    );
+
+    let err = |r: Result<LoadedModel, confidant_model::ModelError>| {
+        r.map(|_| ()).unwrap_err().to_string()
+    };
+    assert!(err(LoadedModel::load(dir.path(), Dtype::F32)).contains("is encrypted"));
+    let wrong = err(LoadedModel::load_with_key(
+        dir.path(),
+        Dtype::F32,
+        Some(&[1; 32]),
+        false,
+    ));
+    assert!(wrong.contains("chunk 0 failed authentication"), "{wrong}");
+    std::fs::write(&enc, &sealed[..sealed.len() - 100]).unwrap();
+    let cut = err(LoadedModel::load_with_key(
+        dir.path(),
+        Dtype::F32,
+        Some(&key),
+        false,
+    ));
+    assert!(cut.contains("does not match its header"), "{cut}");
+}

@@ -1,0 +1,481 @@
+//! The server core driven in memory: no sockets, no libtorch. A scripted engine double stands in for
+//! the model (test only; the enclave serves only the real engine).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use confidant_nsm::emulated::{write_dev_ca, EmulatedNsm};
+use confidant_nsm::measure::emulated_pcrs;
+use confidant_protocol::frame::{Frame, FrameDecoder};
+use confidant_protocol::message::{Ask, Finish, Trailer};
+use confidant_protocol::request::{encapsulate, ClientRequest, CONFIDANT_LABELS};
+use confidant_protocol::session::{ClientSession, SessionLimits};
+use confidant_protocol::{Code, Expectations, Recipient, UnixMillis};
+use confidant_server::inference::{InferenceEvent, InferenceFailure, InferenceRequest};
+use confidant_server::{Core, Identity, Output, ServeConfig, StreamId};
+use confidant_verifier::{PcrPin, Policy, Verifier, VerifyAt};
+
+const MODEL: [u8; 32] = [5; 32];
+
+struct Harness {
+    core: Core,
+    now: UnixMillis,
+    verifier: Verifier,
+    pcrs: BTreeMap<usize, [u8; 48]>,
+    _ca: tempfile::TempDir,
+    rng_seed: u8,
+}
+
+/// What one stream received, decoded.
+#[derive(Debug, Default)]
+struct Received {
+    frames: Vec<Frame>,
+    closed: bool,
+}
+
+fn harness(config: ServeConfig) -> Harness {
+    let ca = tempfile::tempdir().unwrap();
+    write_dev_ca(ca.path()).unwrap();
+    let pcrs = emulated_pcrs(&[1; 48], &MODEL);
+    let nsm = EmulatedNsm::load(ca.path(), pcrs.clone()).unwrap();
+    let verifier = Verifier::new(vec![nsm.root_der().to_vec()]).unwrap();
+    // The emulated NSM stamps documents with the real clock: the core's clock follows it.
+    let now = UnixMillis::now();
+    let core = Core::new(
+        Box::new(nsm),
+        Identity {
+            model: MODEL,
+            settings: None,
+        },
+        config,
+        [9; 32],
+        now,
+    );
+    Harness {
+        core,
+        now,
+        verifier,
+        pcrs,
+        _ca: ca,
+        rng_seed: 0,
+    }
+}
+
+impl Harness {
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now.saturating_add(d);
+    }
+
+    /// Sends `frame` on a new stream; returns the stream and the outputs (without inference).
+    fn send(&mut self, frame: &Frame) -> (StreamId, Vec<Output>) {
+        let s = self.core.accept();
+        self.core.receive(s, &frame.encode(), self.now);
+        self.core.finish(s);
+        (s, self.drain())
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        std::iter::from_fn(|| self.core.poll_output()).collect()
+    }
+
+    /// Feeds `events` for a job and returns the outputs.
+    fn events(&mut self, job: &InferenceRequest, events: Vec<InferenceEvent>) -> Vec<Output> {
+        for e in events {
+            self.core.inference_event(job.job, e, self.now);
+        }
+        self.drain()
+    }
+
+    fn attest(&mut self) -> (Vec<u8>, Recipient) {
+        let nonce = [7u8; 32];
+        let (_, out) = self.send(&Frame::Attest { nonce: Some(nonce) });
+        let got = received(&out);
+        let Some(Frame::Attestation {
+            document,
+            key_configs,
+        }) = got.frames.first()
+        else {
+            panic!("{got:?}")
+        };
+        assert!(got.closed);
+        let mut policy = Policy::default();
+        policy.expect_nonce(nonce.to_vec());
+        for (i, v) in &self.pcrs {
+            policy.pin_pcr(PcrPin::new(*i, v).unwrap());
+        }
+        let verified = self
+            .verifier
+            .verify(document, &policy, VerifyAt::Instant(self.now))
+            .unwrap();
+        let recipient = Recipient::from_attestation(
+            &verified,
+            key_configs,
+            &Expectations {
+                model: Some(MODEL),
+                settings: None,
+                now: self.now,
+            },
+        )
+        .unwrap();
+        (document.clone(), recipient)
+    }
+
+    fn request_frame(&mut self, r: &Recipient, ask: &Ask) -> (Frame, ClientRequest) {
+        self.rng_seed += 1;
+        let mut rng = confidant_protocol::ReplayRng::new(&[self.rng_seed; 64]);
+        let (encapsulated, client) = encapsulate(
+            &r.config,
+            r.suite,
+            &r.attestation_sha256,
+            &ask.to_bytes(),
+            &CONFIDANT_LABELS,
+            &mut rng,
+        )
+        .unwrap();
+        (
+            Frame::Request {
+                attestation_sha256: r.attestation_sha256,
+                encapsulated,
+            },
+            client,
+        )
+    }
+}
+
+fn received(outputs: &[Output]) -> Received {
+    let mut dec = FrameDecoder::default();
+    let mut r = Received::default();
+    for o in outputs {
+        match o {
+            Output::Transmit { bytes, .. } => dec.push(bytes),
+            Output::Close { .. } => r.closed = true,
+            _ => {}
+        }
+    }
+    while let Some(f) = dec.next_frame().unwrap() {
+        r.frames.push(f);
+    }
+    r
+}
+
+fn submitted(outputs: &mut Vec<Output>) -> Option<InferenceRequest> {
+    let i = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Submit(_)))?;
+    match outputs.remove(i) {
+        Output::Submit(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn error_code(outputs: &[Output]) -> Option<Code> {
+    received(outputs).frames.iter().find_map(|f| match f {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+fn text(s: &str) -> InferenceEvent {
+    InferenceEvent::Text(s.into())
+}
+
+fn done(n: u64) -> InferenceEvent {
+    InferenceEvent::Done {
+        finish: Finish::Eos,
+        prompt_tokens: 3,
+        generated_tokens: n,
+    }
+}
+
+/// Opens the chunks of a `REQUEST`'s response; returns the text and the trailer.
+fn open_response(client: &ClientRequest, frames: &[Frame]) -> (String, Trailer) {
+    let Some(Frame::Response { nonce }) = frames.first() else {
+        panic!("{frames:?}")
+    };
+    let mut opener = client.response_opener(nonce).unwrap();
+    open_chunks(&mut opener, &frames[1..])
+}
+
+fn open_chunks(
+    opener: &mut confidant_protocol::chunks::ChunkOpener,
+    frames: &[Frame],
+) -> (String, Trailer) {
+    let mut text = String::new();
+    for f in frames {
+        match f {
+            Frame::Chunk {
+                last: false,
+                sealed,
+            } => text.push_str(std::str::from_utf8(&opener.open(sealed, false).unwrap()).unwrap()),
+            Frame::Chunk { last: true, sealed } => {
+                let trailer = Trailer::from_bytes(&opener.open(sealed, true).unwrap()).unwrap();
+                return (text, trailer);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("no final chunk")
+}
+
+#[test]
+fn attest_request_streamed_chunks_and_final_chunk() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &Ask::new("What is a copay?"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).expect("a job");
+    assert_eq!(job.text.as_str(), "What is a copay?");
+    assert!(job.first_turn);
+    assert_eq!(job.params.max_new_tokens, 64, "the default");
+    let mut all = out;
+    all.extend(h.events(
+        &job,
+        vec![text("A copay "), text("is a fixed fee."), done(5)],
+    ));
+    let got = received(&all);
+    assert!(got.closed);
+    let (answer, trailer) = open_response(&client, &got.frames);
+    assert_eq!(answer, "A copay is a fixed fee.");
+    assert_eq!(trailer.finish, Finish::Eos);
+    assert_eq!(trailer.generated_tokens, 5);
+}
+
+#[test]
+fn a_nonce_less_attest_is_answered_from_the_cache_for_a_minute() {
+    let mut h = harness(ServeConfig::default());
+    let doc = |h: &mut Harness| match received(&h.send(&Frame::Attest { nonce: None }).1)
+        .frames
+        .remove(0)
+    {
+        Frame::Attestation { document, .. } => document,
+        other => panic!("{other:?}"),
+    };
+    let first = doc(&mut h);
+    h.advance(Duration::from_secs(30));
+    assert_eq!(doc(&mut h), first);
+    h.advance(Duration::from_secs(31));
+    assert_ne!(doc(&mut h), first);
+}
+
+#[test]
+fn session_turns_continue_the_conversation_and_replays_are_refused() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &Ask::new("first"));
+    let (_, mut out) = h.send(&frame);
+    let job1 = submitted(&mut out).unwrap();
+    h.events(&job1, vec![text("one"), done(1)]);
+    let mut session: ClientSession = client.into_session();
+
+    let (seq, turn) = session.seal_turn(&Ask::new("second").to_bytes());
+    let (_, mut out) = h.send(&turn);
+    let job2 = submitted(&mut out).expect("the turn runs");
+    assert!(!job2.first_turn);
+    assert_eq!(job2.conversation, job1.conversation, "same conversation");
+    let mut all = out;
+    all.extend(h.events(&job2, vec![text("two"), done(1)]));
+    let mut opener = session.reply_opener(seq);
+    let (answer, _) = open_chunks(&mut opener, &received(&all).frames);
+    assert_eq!(answer, "two");
+
+    // The same turn again: its sequence number is used.
+    let (_, out) = h.send(&turn);
+    assert_eq!(error_code(&out), Some(Code::SequenceReused));
+    // The same request again: replay.
+    let (_, out) = h.send(&frame);
+    assert_eq!(error_code(&out), Some(Code::Replayed));
+    // A forged turn: the session stays usable.
+    let (_, mut forged) = session.seal_turn(&Ask::new("x").to_bytes());
+    if let Frame::Session { ciphertext, .. } = &mut forged {
+        ciphertext[0] ^= 1;
+    }
+    let (_, out) = h.send(&forged);
+    assert_eq!(error_code(&out), Some(Code::SessionAuth));
+    let (_, turn) = session.seal_turn(&Ask::new("third").to_bytes());
+    let (_, mut out) = h.send(&turn);
+    assert!(submitted(&mut out).is_some());
+}
+
+#[test]
+fn a_second_turn_while_one_runs_is_refused_as_session_busy() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &Ask::new("first"));
+    let (_, mut out) = h.send(&frame);
+    let job1 = submitted(&mut out).unwrap();
+    h.events(&job1, vec![done(0)]);
+    let mut session = client.into_session();
+    let (_, t2) = session.seal_turn(&Ask::new("a").to_bytes());
+    let (_, mut out) = h.send(&t2);
+    assert!(submitted(&mut out).is_some());
+    let (_, t3) = session.seal_turn(&Ask::new("b").to_bytes());
+    let (_, out) = h.send(&t3);
+    assert_eq!(error_code(&out), Some(Code::SessionBusy));
+}
+
+#[test]
+fn sessions_expire_when_idle_and_their_conversation_is_forgotten() {
+    let mut h = harness(ServeConfig {
+        session_limits: SessionLimits {
+            idle: Duration::from_secs(10),
+            absolute: Duration::from_secs(100),
+        },
+        ..ServeConfig::default()
+    });
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &Ask::new("first"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    h.events(&job, vec![done(0)]);
+    h.advance(Duration::from_secs(11));
+    h.core.handle_timeout(h.now);
+    let out = h.drain();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Forget(c) if *c == job.conversation)),
+        "{out:?}"
+    );
+    let mut session = client.into_session();
+    let (_, turn) = session.seal_turn(&Ask::new("late").to_bytes());
+    let (_, out) = h.send(&turn);
+    assert_eq!(error_code(&out), Some(Code::UnknownSession));
+}
+
+#[test]
+fn busy_and_failed_jobs_are_refused_with_their_codes() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    let out = h.events(&job, vec![InferenceEvent::Failed(InferenceFailure::Busy)]);
+    assert_eq!(error_code(&out), Some(Code::Busy));
+    assert!(received(&out).closed);
+
+    let (frame, _) = h.request_frame(&recipient, &Ask::new("q2"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    let out = h.events(
+        &job,
+        vec![
+            text("partial"),
+            InferenceEvent::Failed(InferenceFailure::Model),
+        ],
+    );
+    assert_eq!(error_code(&out), Some(Code::GenerationFailed));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Forget(c) if *c == job.conversation)),
+        "a failed turn ends its session"
+    );
+}
+
+#[test]
+fn bad_questions_are_refused_naming_the_field_never_the_value() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let ask = Ask {
+        max_tokens: Some(100_000),
+        ..Ask::new("SECRET question")
+    };
+    let (frame, _) = h.request_frame(&recipient, &ask);
+    let (_, out) = h.send(&frame);
+    let got = received(&out);
+    match &got.frames[0] {
+        Frame::Error { code, message } => {
+            assert_eq!(*code, Code::BadRequest);
+            assert_eq!(message, "max_tokens must be within 1..=512");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(got.closed);
+}
+
+#[test]
+fn a_stream_that_goes_away_cancels_its_job_and_late_events_are_dropped() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    let (stream, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    h.core.closed(stream);
+    let out = h.drain();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Cancel(j) if *j == job.job)));
+    assert!(out.iter().any(|o| matches!(o, Output::Forget(_))));
+    assert!(h.events(&job, vec![text("late"), done(1)]).is_empty());
+}
+
+#[test]
+fn framing_errors_unexpected_frames_and_unknown_keys_have_their_codes() {
+    let mut h = harness(ServeConfig::default());
+    let s = h.core.accept();
+    h.core.receive(s, &[0x42], h.now);
+    assert_eq!(error_code(&h.drain()), Some(Code::UnknownFrame));
+
+    let s = h.core.accept();
+    h.core
+        .receive(s, &Frame::Attest { nonce: None }.encode()[..3], h.now);
+    h.core.finish(s);
+    assert_eq!(error_code(&h.drain()), Some(Code::TruncatedFrame));
+
+    let (_, out) = h.send(&Frame::Response { nonce: vec![0; 16] });
+    assert_eq!(error_code(&out), Some(Code::UnexpectedFrame));
+
+    let (_, recipient) = h.attest();
+    let (mut frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    if let Frame::Request { encapsulated, .. } = &mut frame {
+        encapsulated[0] = encapsulated[0].wrapping_add(100);
+    }
+    let (_, out) = h.send(&frame);
+    assert_eq!(error_code(&out), Some(Code::UnknownKeyId));
+
+    let (mut frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    if let Frame::Request {
+        attestation_sha256, ..
+    } = &mut frame
+    {
+        *attestation_sha256 = [0; 32];
+    }
+    let (_, out) = h.send(&frame);
+    assert_eq!(error_code(&out), Some(Code::UnknownAttestation));
+}
+
+#[test]
+fn keys_rotate_and_the_previous_generation_is_honoured_for_its_grace() {
+    let mut h = harness(ServeConfig {
+        key_ttl: Duration::from_secs(100),
+        key_grace: Duration::from_secs(30),
+        ..ServeConfig::default()
+    });
+    let (_, old) = h.attest();
+    h.advance(Duration::from_secs(101));
+    h.core.handle_timeout(h.now);
+    let (frame, _) = h.request_frame(&old, &Ask::new("q"));
+    let (_, mut out) = h.send(&frame);
+    assert!(submitted(&mut out).is_some(), "within the grace period");
+    h.advance(Duration::from_secs(31));
+    h.core.handle_timeout(h.now);
+    let (frame, _) = h.request_frame(&old, &Ask::new("q"));
+    let (_, out) = h.send(&frame);
+    assert_eq!(error_code(&out), Some(Code::UnknownKeyId));
+}
+
+#[test]
+fn health_reports_counts_only() {
+    let mut h = harness(ServeConfig::default());
+    h.attest();
+    let (_, out) = h.send(&Frame::Health {
+        status: String::new(),
+    });
+    let Frame::Health { status } = &received(&out).frames[0] else {
+        panic!()
+    };
+    let v: serde_json::Value = serde_json::from_str(status).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["attestations"], 1);
+    assert_eq!(v["nsm"], "emulated");
+}
