@@ -8,7 +8,7 @@ use confidant_protocol::request::ClientRequest;
 use confidant_protocol::session::ClientSession;
 
 use crate::cache;
-use crate::quic::Relay;
+use crate::quic::{Relay, Timeouts};
 use crate::remote::{self, Answer, Attested, RemoteError};
 use crate::trust::Trust;
 
@@ -29,9 +29,10 @@ impl Client {
         relay: &str,
         relay_ca: Option<&Path>,
         trust: Trust,
+        timeouts: Timeouts,
     ) -> Result<Client, RemoteError> {
         Ok(Client {
-            relay: Relay::connect(relay, relay_ca).await?,
+            relay: Relay::connect(relay, relay_ca, timeouts).await?,
             relay_name: relay.to_string(),
             trust,
             attested: None,
@@ -94,6 +95,11 @@ impl Client {
             }
             other => other,
         }
+    }
+
+    /// Ends a session in the enclave (its keys and model state go at once rather than at expiry).
+    pub async fn close_session(&self, session: &mut ClientSession) -> Result<(), RemoteError> {
+        remote::close(&self.relay, session).await
     }
 
     /// One follow-up turn of a session.

@@ -16,5 +16,6 @@ pub mod trust;
 
 pub use client::Client;
 pub use error::SetupError;
+pub use quic::Timeouts;
 pub use remote::{Answer, Attested, RemoteError, ReportedCode};
 pub use trust::{Trust, TrustConfig};

@@ -12,10 +12,32 @@ use rustls_pki_types::CertificateDer;
 
 use crate::remote::RemoteError;
 
+/// How long the client waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To establish the QUIC connection to the relay.
+    pub connect: Duration,
+    /// For a whole exchange (a question and its full answer), however the bytes trickle in.
+    pub exchange: Duration,
+    /// Without any byte from the other side, within an exchange.
+    pub silence: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            exchange: Duration::from_secs(120),
+            silence: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A connection to the relay.
 pub struct Relay {
     conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
+    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for Relay {
@@ -55,7 +77,11 @@ fn roots(relay_ca: Option<&Path>) -> Result<rustls::RootCertStore, RemoteError> 
 }
 
 impl Relay {
-    pub async fn connect(relay: &str, relay_ca: Option<&Path>) -> Result<Relay, RemoteError> {
+    pub async fn connect(
+        relay: &str,
+        relay_ca: Option<&Path>,
+        timeouts: Timeouts,
+    ) -> Result<Relay, RemoteError> {
         let (host, _) = relay
             .rsplit_once(':')
             .ok_or_else(|| RemoteError::Setup(format!("--relay {relay:?}: expected HOST:PORT")))?;
@@ -98,34 +124,53 @@ impl Relay {
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| RemoteError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(config);
-        let conn = endpoint
+        let connecting = endpoint
             .connect(addr, host)
-            .map_err(|e| RemoteError::Connect(format!("{relay}: {e}")))?
-            .await
             .map_err(|e| RemoteError::Connect(format!("{relay}: {e}")))?;
+        let conn = tokio::time::timeout(timeouts.connect, connecting)
+            .await
+            .map_err(|_| {
+                RemoteError::Connect(format!(
+                    "{relay}: no answer within {} s (is the relay running? --connect-timeout)",
+                    timeouts.connect.as_secs()
+                ))
+            })?
+            .map_err(|e| connection_error(relay, &e))?;
         Ok(Relay {
             conn,
             _endpoint: endpoint,
+            timeouts,
         })
     }
 
-    /// Sends `frame` on a fresh stream and returns a reader of the reply frames.
+    /// Sends `frame` on a fresh stream and returns a reader of the reply frames. The whole exchange
+    /// must end within the exchange timeout.
     pub async fn exchange(&self, frame: &Frame) -> Result<FrameReader, RemoteError> {
-        let (mut send, recv) = self
-            .conn
-            .open_bi()
+        let deadline = tokio::time::Instant::now() + self.timeouts.exchange;
+        let write = async {
+            let (mut send, recv) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| stream_error(&e.into()))?;
+            send.write_all(&frame.encode()).await.map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(c) => connection_error("the relay", &c),
+                other => RemoteError::Connect(format!("stream failed: {other}")),
+            })?;
+            send.finish()
+                .map_err(|e| RemoteError::Connect(e.to_string()))?;
+            Ok::<_, RemoteError>(recv)
+        };
+        let recv = tokio::time::timeout_at(deadline, write)
             .await
-            .map_err(|e| RemoteError::Connect(e.to_string()))?;
-        send.write_all(&frame.encode())
-            .await
-            .map_err(|e| RemoteError::Connect(e.to_string()))?;
-        send.finish()
-            .map_err(|e| RemoteError::Connect(e.to_string()))?;
+            .map_err(|_| RemoteError::Timeout(self.timeouts.exchange))??;
         Ok(FrameReader {
             recv,
             decoder: FrameDecoder::default(),
             buf: vec![0u8; 16 * 1024],
             eof: false,
+            deadline,
+            timeouts: self.timeouts,
         })
     }
 
@@ -141,6 +186,41 @@ pub struct FrameReader {
     decoder: FrameDecoder,
     buf: Vec<u8>,
     eof: bool,
+    deadline: tokio::time::Instant,
+    timeouts: Timeouts,
+}
+
+/// The QUIC reset code the relay uses when it lost the enclave mid-answer.
+const RESET_ENCLAVE_LOST: u32 = 1;
+
+/// A lost connection: the relay's reason when it gave one (`relay_overloaded`), else unreachable.
+fn connection_error(relay: &str, e: &quinn::ConnectionError) -> RemoteError {
+    if let quinn::ConnectionError::ApplicationClosed(close) = e {
+        if let Some(code) = std::str::from_utf8(&close.reason)
+            .ok()
+            .and_then(confidant_protocol::Code::from_wire)
+        {
+            return RemoteError::Refused {
+                code,
+                message: "the relay closed the connection".into(),
+            };
+        }
+    }
+    RemoteError::Connect(format!("{relay}: {e}"))
+}
+
+/// A failed stream, in the registry's terms where the relay gave a reason.
+fn stream_error(e: &quinn::ReadError) -> RemoteError {
+    match e {
+        quinn::ReadError::Reset(code) if u64::from(*code) == u64::from(RESET_ENCLAVE_LOST) => {
+            RemoteError::Refused {
+                code: confidant_protocol::Code::EnclaveUnreachable,
+                message: "the relay lost the enclave mid-answer".into(),
+            }
+        }
+        quinn::ReadError::ConnectionLost(c) => connection_error("the relay", c),
+        other => RemoteError::Connect(format!("stream failed: {other}")),
+    }
 }
 
 impl FrameReader {
@@ -154,15 +234,19 @@ impl FrameReader {
                 self.decoder.finish()?;
                 return Ok(None);
             }
-            match tokio::time::timeout(Duration::from_secs(120), self.recv.read(&mut self.buf))
-                .await
-            {
-                Err(_) => {
-                    return Err(RemoteError::Connect(
-                        "no data from the enclave for 120 s".into(),
-                    ))
+            let silence = tokio::time::Instant::now() + self.timeouts.silence;
+            let read = self.recv.read(&mut self.buf);
+            match tokio::time::timeout_at(silence.min(self.deadline), read).await {
+                Err(_) if tokio::time::Instant::now() >= self.deadline => {
+                    return Err(RemoteError::Timeout(self.timeouts.exchange))
                 }
-                Ok(Err(e)) => return Err(RemoteError::Connect(format!("stream failed: {e}"))),
+                Err(_) => {
+                    return Err(RemoteError::Connect(format!(
+                        "no data from the enclave for {} s",
+                        self.timeouts.silence.as_secs()
+                    )))
+                }
+                Ok(Err(e)) => return Err(stream_error(&e)),
                 Ok(Ok(None)) => self.eof = true,
                 Ok(Ok(Some(n))) => self.decoder.push(&self.buf[..n]),
             }

@@ -35,6 +35,8 @@ pub enum RemoteError {
     BadChunk,
     #[error("the final chunk's trailer does not decode: {0}")]
     BadTrailer(String),
+    #[error("the exchange did not complete within {} s (--timeout)", .0.as_secs())]
+    Timeout(std::time::Duration),
 }
 
 /// A code to print: from the wire registry, or the verifier's for a rejected document.
@@ -66,6 +68,7 @@ impl RemoteError {
             RemoteError::Ended(_) => Code::TruncatedResponse,
             RemoteError::BadChunk => Code::BadChunk,
             RemoteError::BadTrailer(_) => Code::BadTrailer,
+            RemoteError::Timeout(_) => Code::Timeout,
         })
     }
 
@@ -247,6 +250,17 @@ pub async fn turn(
     let mut reader = relay.exchange(&frame).await?;
     let mut opener = session.reply_opener(seq);
     read_chunks(&mut reader, &mut opener, out, sent).await
+}
+
+/// Ends a session; the enclave acknowledges by echoing the `CLOSE`.
+pub async fn close(relay: &Relay, session: &mut ClientSession) -> Result<(), RemoteError> {
+    let frame = session.seal_close();
+    let mut reader = relay.exchange(&frame).await?;
+    match reader.next().await? {
+        Some(ack) if ack == frame => Ok(()),
+        Some(other) => Err(refused(other)),
+        None => Err(RemoteError::Ended("the close was acknowledged")),
+    }
 }
 
 /// Writes a piece of the answer to stdout immediately.

@@ -59,6 +59,13 @@ pub struct ServeArgs {
     /// Answers admitted at once (running and waiting) before new ones are refused as busy.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Memory for all KV caches together, MiB. The default fits a 6 GiB enclave with f32
+    /// bloom-560m (docs/deploy.md has the arithmetic).
+    #[arg(long, value_name = "MIB", default_value_t = 1536)]
+    kv_budget_mib: u64,
+    /// Prompt plus answer tokens per request and per session (attested; sealed settings may set it).
+    #[arg(long, value_name = "TOKENS", default_value_t = 2048)]
+    context_tokens: u32,
     /// Sealed settings (made by `seal`): unsealed through KMS with this enclave's attestation at
     /// boot; if that fails the enclave does not serve.
     #[arg(long, value_name = "FILE")]
@@ -87,6 +94,9 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
     if args.key_ttl < 10 {
         return Err("--key-ttl must be at least 10 seconds".into());
     }
+    if args.context_tokens < 2 {
+        return Err("--context-tokens must be at least 2".into());
+    }
     // The emulation measures the model as stored before anything is loaded, as Nitro measures the
     // image before boot; the settings (and a weights key) are unsealed before the model is loaded.
     let (nsm, measured) = open_nsm(&args)?;
@@ -97,6 +107,7 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
             idle: Duration::from_secs(args.session_idle),
             absolute: Duration::from_secs(args.session_max),
         },
+        context_tokens: args.context_tokens,
         ..ServeConfig::default()
     };
     let mut template = ChatTemplate::default();
@@ -111,6 +122,9 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
             );
             config.max_new_tokens = settings.max_new_tokens;
             config.default_new_tokens = settings.default_new_tokens;
+            if let Some(c) = settings.context_tokens {
+                config.context_tokens = c;
+            }
             template = ChatTemplate::new(&settings.system_prompt);
             Some(settings)
         }
@@ -127,6 +141,7 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
     let identity = Identity {
         model: model.digest,
         settings,
+        dtype: args.dtype.name().into(),
     };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine = Engine::spawn(
@@ -135,14 +150,21 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
             capacity: args.queue,
             threads: args.threads,
             template,
+            context_tokens: config.context_tokens as usize,
+            kv_budget_bytes: args.kv_budget_mib.saturating_mul(1 << 20),
         },
         Box::new(move |e| {
-            let _ = events_tx.send(shell::event(e));
+            let _ = events_tx.send(shell::notice(e));
         }),
     )
     .map_err(|e| e.to_string())?;
-    let core = Core::new(nsm, identity, config, seed()?, UnixMillis::now());
     let model_digest = hex::encode(identity.model);
+    tracing::info!(
+        context_tokens = config.context_tokens,
+        kv_budget_mib = args.kv_budget_mib,
+        "limits"
+    );
+    let core = Core::new(nsm, identity, config, seed()?, UnixMillis::now());
     runtime.block_on(async move {
         let served = shell::serve(core, engine, events_rx, &args.listen, |bound| {
             // One line on stdout that scripts and tests wait for.

@@ -287,6 +287,11 @@ impl Bloom {
     pub fn layers(&self) -> usize {
         self.blocks.len()
     }
+
+    /// Bytes of KV cache one token takes: keys and values of every layer, in the compute dtype.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (self.blocks.len() * 2 * self.config.hidden_size * self.kind.elt_size_in_bytes()) as u64
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,26 @@
 //! The inference engine: one dedicated OS thread owns the model and every conversation's KV cache, so
 //! the async server never blocks on libtorch. It takes commands (submit a turn, cancel one, forget a
-//! conversation) and reports events (text, done, failed) through a sink. Admission is bounded: a full
-//! engine refuses at once instead of queueing without end.
+//! conversation) and reports events (text, done, failed, evicted) through a sink.
+//!
+//! What it guarantees:
+//! - **Bounded work.** Admission is bounded in jobs (a full engine refuses at once), and each job is
+//!   checked against the context limit (conversation so far + prompt + answer tokens) after
+//!   tokenizing and before any model work.
+//! - **Bounded memory.** All KV caches live within one budget. A job reserves its worst case (its
+//!   conversation grown to prompt + answer); when the budget is short, idle conversations are evicted
+//!   oldest first (reported, so their sessions end), and only then is the job refused as busy.
+//! - **Survival.** A job that panics or fails to allocate fails alone; the thread goes on.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use zeroize::Zeroizing;
 
-use crate::generate::{generate, Conversation, GenerateParams, Outcome};
+use crate::generate::{generate, Conversation, Finish, GenerateParams, Outcome};
 use crate::template::ChatTemplate;
 use crate::{LoadedModel, ModelError};
 
@@ -26,6 +35,8 @@ pub struct Job {
     pub conversation: ConversationId,
     /// The first turn starts the conversation (after the system prompt); a later one continues it.
     pub first_turn: bool,
+    /// Keep the conversation's KV cache after the answer (for a later turn).
+    pub keep: bool,
     /// The user's text (the engine applies the chat template).
     pub text: Zeroizing<String>,
     /// How to sample; the engine sets the stop strings.
@@ -38,6 +49,7 @@ impl std::fmt::Debug for Job {
             .field("id", &self.id)
             .field("conversation", &self.conversation)
             .field("first_turn", &self.first_turn)
+            .field("keep", &self.keep)
             .finish_non_exhaustive()
     }
 }
@@ -45,19 +57,24 @@ impl std::fmt::Debug for Job {
 /// Why a job failed. The detail of a model failure stays inside the enclave (it may name token ids).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// A later turn for a conversation the engine does not hold (forgotten, or never begun).
+    /// A later turn for a conversation the engine does not hold (forgotten, evicted, never begun).
     UnknownConversation,
-    /// The model failed.
+    /// The conversation with this prompt and answer would exceed the context limit.
+    ContextLimit { limit: usize },
+    /// No room in the KV budget even after evicting every idle conversation.
+    Busy,
+    /// The model failed (an error, an allocation failure or a panic).
     Model(String),
 }
 
-/// What a job reports, in order: text pieces, then exactly one `Done` or `Failed`. A cancelled job
-/// reports nothing more.
+/// What the engine reports. For a job, in order: text pieces, then exactly one `Done` or `Failed`
+/// (a cancelled job reports nothing more). `Evicted` says an idle conversation was dropped.
 #[derive(Debug)]
 pub enum Event {
     Text { job: JobId, text: String },
     Done { job: JobId, outcome: Outcome },
     Failed { job: JobId, failure: Failure },
+    Evicted { conversation: ConversationId },
 }
 
 /// The engine is full: try later.
@@ -73,6 +90,10 @@ pub struct EngineConfig {
     /// libtorch intra-op threads.
     pub threads: Option<i32>,
     pub template: ChatTemplate,
+    /// Tokens a conversation may hold: system prompt, every turn and every answer.
+    pub context_tokens: usize,
+    /// Bytes all KV caches together may take.
+    pub kv_budget_bytes: u64,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -80,8 +101,23 @@ impl std::fmt::Debug for EngineConfig {
         f.debug_struct("EngineConfig")
             .field("capacity", &self.capacity)
             .field("threads", &self.threads)
+            .field("context_tokens", &self.context_tokens)
+            .field("kv_budget_bytes", &self.kv_budget_bytes)
             .finish_non_exhaustive()
     }
+}
+
+/// Counters the engine keeps for `HEALTH` (read from any thread).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub alive: AtomicBool,
+    /// Jobs admitted and not finished.
+    pub jobs: AtomicUsize,
+    pub kv_bytes: AtomicU64,
+    pub kv_budget_bytes: AtomicU64,
+    pub conversations: AtomicUsize,
+    pub failed_jobs: AtomicU64,
+    pub evictions: AtomicU64,
 }
 
 enum Command {
@@ -97,7 +133,7 @@ pub type Sink = Box<dyn FnMut(Event) + Send>;
 #[derive(Debug)]
 pub struct Engine {
     tx: Option<Sender<Command>>,
-    admitted: Arc<AtomicUsize>,
+    stats: Arc<EngineStats>,
     capacity: usize,
     thread: Option<JoinHandle<()>>,
 }
@@ -110,39 +146,54 @@ impl Engine {
         sink: Sink,
     ) -> Result<Engine, ModelError> {
         let (tx, rx) = channel();
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let state = Worker {
+        let stats = Arc::new(EngineStats::default());
+        stats.alive.store(true, Ordering::Release);
+        stats
+            .kv_budget_bytes
+            .store(config.kv_budget_bytes, Ordering::Release);
+        let worker = Worker {
+            bytes_per_token: model.model.kv_bytes_per_token(),
             template: config.template,
+            context_tokens: config.context_tokens,
+            budget: config.kv_budget_bytes,
+            used: 0,
             model,
             rx,
             sink,
-            admitted: admitted.clone(),
+            stats: stats.clone(),
             waiting: VecDeque::new(),
             conversations: HashMap::new(),
+            clock: 0,
         };
         let threads = config.threads;
+        let alive = stats.clone();
         let thread = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
                 if let Some(t) = threads {
                     tch::set_num_threads(t);
                 }
-                state.run();
+                worker.run();
+                alive.alive.store(false, Ordering::Release);
             })
             .map_err(|e| ModelError::Io(format!("spawning the inference thread: {e}")))?;
         Ok(Engine {
             tx: Some(tx),
-            admitted,
+            stats,
             capacity: config.capacity,
             thread: Some(thread),
         })
     }
 
-    /// Admits a job, or refuses at once when the engine is at capacity.
+    /// Admits a job, or refuses at once when the engine is at capacity (or has stopped).
     pub fn submit(&self, job: Job) -> Result<(), Busy> {
         let tx = self.tx.as_ref().ok_or(Busy)?;
+        if !self.stats.alive.load(Ordering::Acquire) {
+            return Err(Busy);
+        }
         let admitted = self
-            .admitted
+            .stats
+            .jobs
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
             });
@@ -150,7 +201,7 @@ impl Engine {
             return Err(Busy);
         }
         tx.send(Command::Submit(job)).map_err(|_| {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
             Busy
         })
     }
@@ -169,9 +220,9 @@ impl Engine {
         }
     }
 
-    /// Jobs admitted and not yet finished.
-    pub fn load(&self) -> usize {
-        self.admitted.load(Ordering::Acquire)
+    /// The engine's counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 }
 
@@ -184,15 +235,30 @@ impl Drop for Engine {
     }
 }
 
+/// A conversation the engine holds between turns.
+struct Held {
+    conversation: Conversation,
+    /// Bytes accounted to it in the budget.
+    bytes: u64,
+    /// When it was last used (the engine's job counter), for eviction oldest first.
+    last_used: u64,
+}
+
 /// The engine thread's state.
 struct Worker {
     model: LoadedModel,
     template: ChatTemplate,
+    context_tokens: usize,
+    bytes_per_token: u64,
+    budget: u64,
+    /// Bytes held by idle conversations and reserved by the running job.
+    used: u64,
     rx: Receiver<Command>,
     sink: Sink,
-    admitted: Arc<AtomicUsize>,
+    stats: Arc<EngineStats>,
     waiting: VecDeque<Job>,
-    conversations: HashMap<ConversationId, Conversation>,
+    conversations: HashMap<ConversationId, Held>,
+    clock: u64,
 }
 
 impl Worker {
@@ -204,8 +270,13 @@ impl Worker {
                     Err(_) => return,
                 }
             }
-            if self.drain() {
-                return;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(c) => self.apply(c),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) if self.waiting.is_empty() => return,
+                    Err(TryRecvError::Disconnected) => break,
+                }
             }
             if let Some(job) = self.waiting.pop_front() {
                 self.answer(job);
@@ -217,28 +288,48 @@ impl Worker {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Submit(job) => self.waiting.push_back(job),
-            Command::Cancel(id) => {
-                let before = self.waiting.len();
-                self.waiting.retain(|j| j.id != id);
-                if self.waiting.len() < before {
-                    self.admitted.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
-            Command::Forget(c) => {
-                self.conversations.remove(&c);
-            }
+            Command::Cancel(id) => self.cancel_waiting(id),
+            Command::Forget(c) => self.forget(c),
         }
     }
 
-    /// Applies every pending command. Returns whether the engine handle is gone (and nothing waits).
-    fn drain(&mut self) -> bool {
-        loop {
-            match self.rx.try_recv() {
-                Ok(c) => self.apply(c),
-                Err(TryRecvError::Empty) => return false,
-                Err(TryRecvError::Disconnected) => return self.waiting.is_empty(),
-            }
+    fn cancel_waiting(&mut self, id: JobId) {
+        let before = self.waiting.len();
+        self.waiting.retain(|j| j.id != id);
+        if self.waiting.len() < before {
+            self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    fn forget(&mut self, c: ConversationId) {
+        if let Some(held) = self.conversations.remove(&c) {
+            self.used -= held.bytes;
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.stats.kv_bytes.store(self.used, Ordering::Release);
+        self.stats
+            .conversations
+            .store(self.conversations.len(), Ordering::Release);
+    }
+
+    /// Makes room for `need` more bytes by evicting idle conversations oldest first. Returns whether
+    /// the room is there.
+    fn make_room(&mut self, need: u64) -> bool {
+        while self.used + need > self.budget {
+            let Some((&oldest, _)) = self.conversations.iter().min_by_key(|(_, h)| h.last_used)
+            else {
+                return false;
+            };
+            self.forget(oldest);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            (self.sink)(Event::Evicted {
+                conversation: oldest,
+            });
+        }
+        true
     }
 
     fn answer(&mut self, job: Job) {
@@ -246,87 +337,166 @@ impl Worker {
             id,
             conversation: cid,
             first_turn,
+            keep,
             text,
             mut params,
         } = job;
+        self.clock += 1;
         params.stop = ChatTemplate::stop_strings();
-        let conversation = if first_turn {
-            Some(Conversation::new(&self.model.model))
+        let (mut conversation, held_bytes) = if first_turn {
+            (Conversation::new(&self.model.model), 0)
         } else {
-            self.conversations.remove(&cid)
-        };
-        let Some(mut conversation) = conversation else {
-            self.finish(Event::Failed {
-                job: id,
-                failure: Failure::UnknownConversation,
-            });
-            return;
-        };
-        let result = self
-            .model
-            .turn_ids(&self.template, &text, first_turn)
-            .and_then(|ids| {
-                drop(text);
-                let mut cancelled = false;
-                let (rx, sink, waiting, admitted, conversations) = (
-                    &self.rx,
-                    &mut self.sink,
-                    &mut self.waiting,
-                    &self.admitted,
-                    &mut self.conversations,
-                );
-                let mut on_text = |piece: &str| {
-                    sink(Event::Text {
+            match self.conversations.remove(&cid) {
+                Some(h) => (h.conversation, h.bytes),
+                None => {
+                    return self.finish(Event::Failed {
                         job: id,
-                        text: piece.to_string(),
-                    });
-                    // Commands that arrived meanwhile: a cancel of this job stops it.
-                    while let Ok(c) = rx.try_recv() {
-                        match c {
-                            Command::Submit(j) => waiting.push_back(j),
-                            Command::Cancel(j) if j == id => cancelled = true,
-                            Command::Cancel(j) => {
-                                let before = waiting.len();
-                                waiting.retain(|w| w.id != j);
-                                if waiting.len() < before {
-                                    admitted.fetch_sub(1, Ordering::AcqRel);
-                                }
-                            }
-                            Command::Forget(c) => {
-                                conversations.remove(&c);
-                            }
-                        }
-                    }
-                    !cancelled
-                };
-                generate(
-                    &self.model.model,
-                    &self.model.tokenizer,
-                    &mut conversation,
-                    &ids,
-                    &params,
-                    self.model.eos,
-                    &mut on_text,
-                )
+                        failure: Failure::UnknownConversation,
+                    })
+                }
+            }
+        };
+        // Put a continued conversation back unchanged when the job cannot run (its bytes are still
+        // counted in `used`).
+        let restore = |w: &mut Worker, conversation: Conversation| {
+            if !first_turn {
+                w.conversations.insert(
+                    cid,
+                    Held {
+                        conversation,
+                        bytes: held_bytes,
+                        last_used: w.clock,
+                    },
+                );
+            }
+        };
+        // Tokenize, then check the context limit: no model work yet.
+        let ids = match self.model.turn_ids(&self.template, &text, first_turn) {
+            Ok(ids) => ids,
+            Err(e) => {
+                restore(self, conversation);
+                return self.finish(Event::Failed {
+                    job: id,
+                    failure: Failure::Model(e.to_string()),
+                });
+            }
+        };
+        drop(text);
+        let total = conversation.len() + ids.len() + params.max_new_tokens;
+        if total > self.context_tokens {
+            restore(self, conversation);
+            return self.finish(Event::Failed {
+                job: id,
+                failure: Failure::ContextLimit {
+                    limit: self.context_tokens,
+                },
             });
+        }
+        // Reserve the worst case; the conversation's own bytes are part of it already.
+        let reserve = total as u64 * self.bytes_per_token;
+        let need = reserve.saturating_sub(held_bytes);
+        if !self.make_room(need) {
+            restore(self, conversation);
+            return self.finish(Event::Failed {
+                job: id,
+                failure: Failure::Busy,
+            });
+        }
+        self.used += need;
+        self.publish();
+
+        let result = self.generate(id, &mut conversation, &ids, &params);
+        self.used -= reserve;
         match result {
-            Ok(outcome) if outcome.finish == crate::generate::Finish::Cancelled => {
-                self.admitted.fetch_sub(1, Ordering::AcqRel);
+            Ok(outcome) if outcome.finish == Finish::Cancelled => {
+                self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
+                self.publish();
             }
             Ok(outcome) => {
-                self.conversations.insert(cid, conversation);
+                if keep {
+                    let bytes = conversation.len() as u64 * self.bytes_per_token;
+                    self.used += bytes;
+                    self.conversations.insert(
+                        cid,
+                        Held {
+                            conversation,
+                            bytes,
+                            last_used: self.clock,
+                        },
+                    );
+                }
                 self.finish(Event::Done { job: id, outcome });
             }
-            Err(e) => self.finish(Event::Failed {
+            Err(detail) => {
+                self.stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
+                self.finish(Event::Failed {
+                    job: id,
+                    failure: Failure::Model(detail),
+                });
+            }
+        }
+    }
+
+    /// Runs the model for one job, catching panics (libtorch reports an allocation failure as a
+    /// panic in the non-`f_` API): the job fails, the engine goes on.
+    fn generate(
+        &mut self,
+        id: JobId,
+        conversation: &mut Conversation,
+        ids: &[i64],
+        params: &GenerateParams,
+    ) -> Result<Outcome, String> {
+        let mut cancelled = false;
+        let (rx, sink, waiting, stats) = (&self.rx, &mut self.sink, &mut self.waiting, &self.stats);
+        let mut forgotten = Vec::new();
+        let mut on_text = |piece: &str| {
+            sink(Event::Text {
                 job: id,
-                failure: Failure::Model(e.to_string()),
-            }),
+                text: piece.to_string(),
+            });
+            // Commands that arrived meanwhile: a cancel of this job stops it.
+            while let Ok(c) = rx.try_recv() {
+                match c {
+                    Command::Submit(j) => waiting.push_back(j),
+                    Command::Cancel(j) if j == id => cancelled = true,
+                    Command::Cancel(j) => {
+                        let before = waiting.len();
+                        waiting.retain(|w| w.id != j);
+                        if waiting.len() < before {
+                            stats.jobs.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    Command::Forget(c) => forgotten.push(c),
+                }
+            }
+            !cancelled
+        };
+        let model = &self.model;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            generate(
+                &model.model,
+                &model.tokenizer,
+                conversation,
+                ids,
+                params,
+                model.eos,
+                &mut on_text,
+            )
+        }));
+        for c in forgotten {
+            self.forget(c);
+        }
+        match result {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the model panicked".into()),
         }
     }
 
     /// Reports a job's last event and releases its admission.
     fn finish(&mut self, event: Event) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
+        self.publish();
         (self.sink)(event);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::OnceLock;
 
@@ -269,6 +270,7 @@ fn job(id: u64, conversation: u64, first_turn: bool, text: &str, max_new_tokens:
         id,
         conversation,
         first_turn,
+        keep: true,
         text: text.to_string().into(),
         params: GenerateParams {
             max_new_tokens,
@@ -318,6 +320,8 @@ fn the_engine_streams_keeps_conversations_and_refuses_beyond_capacity() {
             capacity: 2,
             threads: Some(1),
             template,
+            context_tokens: 2048,
+            kv_budget_bytes: 1 << 30,
         },
         Box::new(move |e| {
             // The first event blocks until the test opens the gate, so the engine stays busy.
@@ -372,7 +376,127 @@ fn the_engine_streams_keeps_conversations_and_refuses_beyond_capacity() {
         Event::Failed { job: 5, failure } => assert_eq!(failure, Failure::UnknownConversation),
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(engine.load(), 0);
+    assert_eq!(engine.stats().jobs.load(Ordering::Acquire), 0);
+}
+
+fn engine(context_tokens: usize, kv_budget_bytes: u64) -> (Engine, mpsc::Receiver<Event>) {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let engine = Engine::spawn(
+        m,
+        EngineConfig {
+            capacity: 8,
+            threads: Some(1),
+            template: ChatTemplate::default(),
+            context_tokens,
+            kv_budget_bytes,
+        },
+        Box::new(move |e| {
+            let _ = tx.send(e);
+        }),
+    )
+    .unwrap();
+    (engine, rx)
+}
+
+/// Events until job `id` ends (its last event is returned), with any evictions on the way.
+fn run_to_end(rx: &mpsc::Receiver<Event>, id: u64) -> (Event, Vec<u64>) {
+    let mut evicted = Vec::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap() {
+            Event::Text { job, .. } if job == id => {}
+            Event::Evicted { conversation } => evicted.push(conversation),
+            e @ (Event::Done { .. } | Event::Failed { .. }) => return (e, evicted),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_context_limit_is_checked_before_any_model_work() {
+    let (engine, rx) = engine(40, 1 << 30);
+    // 30 answer tokens leave 10 for the prompt: a long question cannot fit.
+    let long = "word ".repeat(50);
+    engine.submit(job(1, 1, true, &long, 30)).unwrap();
+    match run_to_end(&rx, 1).0 {
+        Event::Failed { failure, .. } => {
+            assert_eq!(failure, Failure::ContextLimit { limit: 40 })
+        }
+        other => panic!("{other:?}"),
+    }
+    engine.submit(job(2, 2, true, "Hi", 8)).unwrap();
+    assert!(matches!(run_to_end(&rx, 2).0, Event::Done { .. }));
+    // The conversation keeps growing across turns until it would not fit.
+    let mut refused = false;
+    for turn in 3..20 {
+        engine.submit(job(turn, 2, false, "More?", 8)).unwrap();
+        match run_to_end(&rx, turn).0 {
+            Event::Done { .. } => {}
+            Event::Failed {
+                failure: Failure::ContextLimit { limit: 40 },
+                ..
+            } => {
+                refused = true;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused, "a session is bounded by the context limit too");
+    assert_eq!(engine.stats().failed_jobs.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn a_full_kv_budget_evicts_idle_conversations_oldest_first_then_refuses() {
+    let m = LoadedModel::load(demo_dir(), Dtype::F32).unwrap();
+    let per_token = m.model.kv_bytes_per_token();
+    drop(m);
+    // Room for about two conversations of 40 tokens; a context larger than the budget.
+    let (engine, rx) = engine(120, per_token * 90);
+    for (id, conv) in [(1, 101), (2, 102)] {
+        engine
+            .submit(job(id, conv, true, "What is a copay?", 24))
+            .unwrap();
+        let (end, evicted) = run_to_end(&rx, id);
+        assert!(matches!(end, Event::Done { .. }), "{end:?}");
+        assert!(evicted.is_empty());
+    }
+    engine
+        .submit(job(3, 103, true, "What is a copay?", 24))
+        .unwrap();
+    let (end, evicted) = run_to_end(&rx, 3);
+    assert!(matches!(end, Event::Done { .. }), "{end:?}");
+    assert_eq!(
+        evicted,
+        vec![101],
+        "the oldest idle conversation goes first"
+    );
+    engine
+        .submit(job(4, 101, false, "Still there?", 8))
+        .unwrap();
+    assert!(matches!(
+        run_to_end(&rx, 4).0,
+        Event::Failed {
+            failure: Failure::UnknownConversation,
+            ..
+        }
+    ));
+    // A job larger than the whole budget is refused as busy, after evicting what it could.
+    engine
+        .submit(job(5, 105, true, "Is it covered?", 90))
+        .unwrap();
+    let (end, _) = run_to_end(&rx, 5);
+    assert!(
+        matches!(
+            end,
+            Event::Failed {
+                failure: Failure::Busy,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert!(engine.stats().kv_bytes.load(Ordering::Acquire) <= per_token * 90);
 }
 
 #[test]

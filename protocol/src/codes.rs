@@ -57,6 +57,7 @@ errors! {
         TruncatedFrame = "truncated_frame": "the stream ended inside a frame";
         MalformedFrame = "malformed_frame": "a frame body of the wrong shape";
         UnexpectedFrame = "unexpected_frame": "a frame that is not valid at this point of the exchange";
+        FrameDeadline = "frame_deadline": "the peer did not send a whole frame in time";
     }
     "binding" {
         MalformedKeyConfig = "malformed_key_config": "a key config or key-config list that does not decode";
@@ -76,6 +77,7 @@ errors! {
         Replayed = "replayed": "the request's `enc` was seen before under this key";
         KeyExhausted = "key_exhausted": "the key has served its maximum number of requests (re-attest)";
         BadRequest = "bad_request": "the decrypted question is not valid (the message names the field, never its value)";
+        ContextLimit = "context_limit": "the question and its answer would exceed the attested context limit (the message gives it)";
     }
     "responses" {
         ChunkAuth = "chunk_auth": "a response chunk did not authenticate (altered, reordered, dropped or duplicated)";
@@ -92,14 +94,19 @@ errors! {
         SessionBusy = "session_busy": "the session's previous turn is still being answered";
     }
     "enclave" {
-        Busy = "busy": "the enclave is at capacity; try again";
+        Busy = "busy": "the enclave is at capacity; the message says when to retry";
         GenerationFailed = "generation_failed": "the model failed while answering this question";
         NsmFailed = "nsm_failed": "the enclave could not obtain an attestation document";
         Internal = "internal": "an internal limit of the enclave was reached";
     }
+    "relay" {
+        EnclaveUnreachable = "enclave_unreachable": "the relay could not reach the enclave, or lost it";
+        RelayOverloaded = "relay_overloaded": "the relay refused the stream: too many at once from this source or in all";
+    }
     "client" {
         Usage = "usage": "the command line or a file it names is not usable";
         RelayUnreachable = "relay_unreachable": "the client could not reach the relay, or lost it";
+        Timeout = "timeout": "the exchange did not complete within the client's deadline";
     }
 }
 

@@ -10,6 +10,7 @@
 //! | 0x06 | `CHUNK` | flags (bit 0: final) ‖ sealed chunk |
 //! | 0x07 | `ERROR` | code length (u8) ‖ code (ASCII) ‖ message (UTF-8) |
 //! | 0x08 | `HEALTH` | empty (a probe) or UTF-8 JSON status (the answer: counts, never secrets) |
+//! | 0x09 | `CLOSE` | session id (16) ‖ sequence number (u64) ‖ AEAD tag (ends a session; echoed as the ack) |
 
 use crate::codes::Code;
 use crate::error::ProtocolError;
@@ -35,11 +36,12 @@ pub enum FrameType {
     Chunk = 0x06,
     Error = 0x07,
     Health = 0x08,
+    Close = 0x09,
 }
 
 impl FrameType {
     /// Every frame type.
-    pub const ALL: [FrameType; 8] = [
+    pub const ALL: [FrameType; 9] = [
         FrameType::Attest,
         FrameType::Attestation,
         FrameType::Request,
@@ -48,6 +50,7 @@ impl FrameType {
         FrameType::Chunk,
         FrameType::Error,
         FrameType::Health,
+        FrameType::Close,
     ];
 
     /// The type for a type byte, if it is defined.
@@ -66,6 +69,7 @@ impl FrameType {
             FrameType::Chunk => "CHUNK",
             FrameType::Error => "ERROR",
             FrameType::Health => "HEALTH",
+            FrameType::Close => "CLOSE",
         }
     }
 }
@@ -99,6 +103,12 @@ pub enum Frame {
     Error { code: Code, message: String },
     /// A health probe (empty) or its answer.
     Health { status: String },
+    /// The end of a session, authenticated with its key; the enclave echoes it as the ack.
+    Close {
+        id: [u8; 16],
+        seq: u64,
+        tag: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -113,6 +123,7 @@ impl Frame {
             Frame::Chunk { .. } => FrameType::Chunk,
             Frame::Error { .. } => FrameType::Error,
             Frame::Health { .. } => FrameType::Health,
+            Frame::Close { .. } => FrameType::Close,
         }
     }
 
@@ -169,6 +180,11 @@ impl Frame {
                 out.extend_from_slice(message.as_bytes());
             }
             Frame::Health { status } => out.extend_from_slice(status.as_bytes()),
+            Frame::Close { id, seq, tag } => {
+                out.extend_from_slice(id);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(tag);
+            }
         }
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
@@ -273,6 +289,18 @@ impl Frame {
                 status: String::from_utf8(body.to_vec())
                     .map_err(|_| malformed("status is not UTF-8"))?,
             },
+            FrameType::Close => {
+                if body.len() != 16 + 8 + 16 {
+                    return Err(malformed("not a session id, sequence number and tag"));
+                }
+                let (id, rest) = body.split_at(16);
+                let (seq, tag) = rest.split_at(8);
+                Frame::Close {
+                    id: id.try_into().map_err(|_| malformed("session id"))?,
+                    seq: u64::from_be_bytes(seq.try_into().map_err(|_| malformed("sequence"))?),
+                    tag: tag.to_vec(),
+                }
+            }
         })
     }
 }
@@ -392,6 +420,11 @@ mod tests {
                 code: Code::Replayed,
                 message: "seen before".into(),
             },
+            Frame::Close {
+                id: [4; 16],
+                seq: 7,
+                tag: vec![5; 16],
+            },
         ]
     }
 
@@ -450,6 +483,7 @@ mod tests {
             (Error, vec![5, b'a']),
             (Error, vec![1, b'A']),
             (Error, [&[8u8][..], b"replayex"].concat()),
+            (Close, vec![0; 39]),
         ] {
             assert!(
                 matches!(

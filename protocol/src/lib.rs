@@ -20,6 +20,7 @@ pub mod error;
 pub mod frame;
 pub mod hpke_ops;
 pub mod keyconfig;
+pub mod link;
 pub mod message;
 pub mod replay;
 pub mod request;

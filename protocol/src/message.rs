@@ -20,6 +20,9 @@ pub struct Ask {
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
     pub seed: Option<u64>,
+    /// Keep a session (its keys and the model's state) for follow-up turns. A one-shot question
+    /// (`false`, the default) leaves nothing behind in the enclave once it is answered.
+    pub session: bool,
 }
 
 impl fmt::Debug for Ask {
@@ -32,6 +35,7 @@ impl fmt::Debug for Ask {
             .field("top_p", &self.top_p)
             .field("top_k", &self.top_k)
             .field("seed", &self.seed)
+            .field("session", &self.session)
             .finish()
     }
 }
@@ -51,13 +55,14 @@ pub enum AskError {
     MissingPrompt,
 }
 
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "prompt",
     "max_tokens",
     "temperature",
     "top_p",
     "top_k",
     "seed",
+    "session",
 ];
 
 impl Ask {
@@ -93,6 +98,9 @@ impl Ask {
         }
         if let Some(v) = self.seed {
             field("seed", v.into());
+        }
+        if self.session {
+            field("session", true.into());
         }
         out.push(b'}');
         out
@@ -173,7 +181,8 @@ impl<'de> Visitor<'de> for AskSeed<'_> {
                     ask.top_p = Some(finite(v).ok_or_else(|| fail(AskError::WrongType(name)))?);
                 }
                 "top_k" => ask.top_k = Some(map.next_value().map_err(|e| fail(wrong(e)))?),
-                _ => ask.seed = Some(map.next_value().map_err(|e| fail(wrong(e)))?),
+                "seed" => ask.seed = Some(map.next_value().map_err(|e| fail(wrong(e)))?),
+                _ => ask.session = map.next_value().map_err(|e| fail(wrong(e)))?,
             }
         }
         if !seen[0] {
@@ -285,6 +294,7 @@ mod tests {
             max_tokens: Some(8),
             seed: Some(1),
             temperature: Some(0.5),
+            session: true,
             ..Ask::new("hi")
         };
         assert_eq!(Ask::from_bytes(&a.to_bytes()).unwrap(), a);
@@ -315,6 +325,10 @@ mod tests {
             ),
             (r#"{"SECRET-KEY":1,"prompt":"x"}"#, AskError::UnknownField),
             (r#"{"prompt":"x","seed":-1}"#, AskError::WrongType("seed")),
+            (
+                r#"{"prompt":"x","session":"yes"}"#,
+                AskError::WrongType("session"),
+            ),
             (
                 r#"{"prompt":"x","temperature":1e300}"#,
                 AskError::WrongType("temperature"),

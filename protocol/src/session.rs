@@ -9,7 +9,10 @@
 //! e2c key/nonce = Expand(prk, "e2c key", Nk) / Expand(prk, "e2c nonce", 12)
 //! turn seq (client → enclave): nonce = c2e_nonce XOR (seq ‖ 0u32), AAD = id ‖ seq
 //! reply chunk i to turn seq:   nonce = e2c_nonce XOR (seq ‖ i),    AAD = id ‖ seq [‖ "final"]
+//! close at seq (client → enclave): Seal(c2e, c2e_nonce XOR (seq ‖ 0u32), AAD = id ‖ seq ‖ "close", "")
 //! ```
+//! A close uses a sequence number like a turn, so it cannot be replayed, and only the holder of the
+//! session keys can make one.
 //! Sequence numbers start at 1. Keys sit in zeroizing cipher states and are wiped when the last
 //! holder drops them.
 
@@ -26,6 +29,9 @@ use crate::error::ProtocolError;
 use crate::frame::Frame;
 use crate::suite::Aead;
 use crate::time::UnixMillis;
+
+/// AAD suffix of a session's `CLOSE`.
+pub const CLOSE_AAD: &[u8] = b"close";
 
 /// Export label of the session secret.
 pub const SESSION_EXPORT_LABEL: &[u8] = b"confidant session";
@@ -92,6 +98,13 @@ impl SessionKeys {
         aad[16..].copy_from_slice(&seq.to_be_bytes());
         aad
     }
+
+    fn close_aad(&self, seq: u64) -> [u8; 29] {
+        let mut aad = [0u8; 29];
+        aad[..24].copy_from_slice(&self.turn_aad(seq));
+        aad[24..].copy_from_slice(CLOSE_AAD);
+        aad
+    }
 }
 
 /// The client's end.
@@ -130,6 +143,24 @@ impl ClientSession {
                 ciphertext,
             },
         )
+    }
+
+    /// Seals the session's end into a `CLOSE` frame (it takes the next sequence number).
+    pub fn seal_close(&mut self) -> Frame {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut tag = Vec::with_capacity(16);
+        self.keys.c2e.seal_into(
+            &turn_nonce(&self.keys.c2e_nonce, seq, 0),
+            &self.keys.close_aad(seq),
+            b"",
+            &mut tag,
+        );
+        Frame::Close {
+            id: self.keys.id,
+            seq,
+            tag,
+        }
     }
 
     /// An opener for the enclave's reply to turn `seq`.
@@ -229,6 +260,27 @@ impl EnclaveSession {
         self.last_seq = seq;
         self.last_used = now;
         Ok(Zeroizing::new(plaintext))
+    }
+
+    /// Checks a `CLOSE` at `seq`: fresh and authentic, as a turn is. Expiry does not matter (an
+    /// expired session may still be closed early by its owner).
+    pub fn open_close(&mut self, seq: u64, tag: &[u8]) -> Result<(), ProtocolError> {
+        if seq <= self.last_seq {
+            return Err(ProtocolError::SequenceReused {
+                got: seq,
+                last: self.last_seq,
+            });
+        }
+        self.keys
+            .c2e
+            .open(
+                &turn_nonce(&self.keys.c2e_nonce, seq, 0),
+                &self.keys.close_aad(seq),
+                tag,
+            )
+            .map_err(|_| ProtocolError::SessionAuth)?;
+        self.last_seq = seq;
+        Ok(())
     }
 
     /// The sealer for the reply to turn `seq`.

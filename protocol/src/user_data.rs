@@ -1,8 +1,12 @@
 //! The attestation `user_data` map: what the enclave commits to.
 //!
-//! `{"v": 1, "kc": SHA-256(key-config list), "model": SHA-256, ["settings": SHA-256,] "exp": unix s}`,
-//! encoded with definite lengths in that key order. Decoding is strict: unknown or duplicate keys,
-//! wrong types or sizes, and trailing bytes are errors.
+//! ```text
+//! {"v": 1, "kc": SHA-256(key-config list), "model": SHA-256, ["settings": SHA-256,]
+//!  ["dtype": "f32" | "bf16" | "int8",] ["limits": {"ctx": tokens, "out": tokens},] "exp": unix s}
+//! ```
+//! encoded with definite lengths in that key order (the NSM takes at most 512 bytes; this is under
+//! 200). Decoding is strict: unknown or duplicate keys, wrong types or sizes, and trailing bytes are
+//! errors. `dtype` and `limits` are absent only in documents of earlier builds.
 
 use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
 use sha2::{Digest, Sha256};
@@ -13,6 +17,18 @@ use crate::time::UnixMillis;
 /// Protocol version carried in `v`.
 pub const VERSION: u64 = 1;
 
+/// Longest `dtype` name accepted.
+const MAX_DTYPE_LEN: usize = 16;
+
+/// What one request may use, attested so a client can check before it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Prompt plus answer tokens, per request and per session (`ctx`).
+    pub context_tokens: u32,
+    /// Most answer tokens a request may ask for (`out`).
+    pub max_new_tokens: u32,
+}
+
 /// The decoded map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserData {
@@ -22,6 +38,9 @@ pub struct UserData {
     pub model: [u8; 32],
     /// SHA-256 of the unsealed settings, when the enclave has any.
     pub settings: Option<[u8; 32]>,
+    /// The dtype the model computes in (`f32`, `bf16`, `int8`).
+    pub dtype: Option<String>,
+    pub limits: Option<Limits>,
     /// Key-config expiry (whole seconds on the wire).
     pub exp: UnixMillis,
 }
@@ -34,8 +53,12 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 impl UserData {
     /// The CBOR encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
-        write_head(&mut out, 5, if self.settings.is_some() { 5 } else { 4 });
+        let entries = 4
+            + usize::from(self.settings.is_some())
+            + usize::from(self.dtype.is_some())
+            + usize::from(self.limits.is_some());
+        let mut out = Vec::with_capacity(192);
+        write_head(&mut out, 5, entries as u64);
         write_text(&mut out, "v");
         write_head(&mut out, 0, VERSION);
         write_text(&mut out, "kc");
@@ -46,6 +69,18 @@ impl UserData {
             write_text(&mut out, "settings");
             write_bytes(&mut out, s);
         }
+        if let Some(d) = &self.dtype {
+            write_text(&mut out, "dtype");
+            write_text(&mut out, d);
+        }
+        if let Some(l) = &self.limits {
+            write_text(&mut out, "limits");
+            write_head(&mut out, 5, 2);
+            write_text(&mut out, "ctx");
+            write_head(&mut out, 0, u64::from(l.context_tokens));
+            write_text(&mut out, "out");
+            write_head(&mut out, 0, u64::from(l.max_new_tokens));
+        }
         write_text(&mut out, "exp");
         write_head(&mut out, 0, self.exp.as_secs());
         out
@@ -53,66 +88,28 @@ impl UserData {
 
     /// Strict decoding.
     pub fn decode(bytes: &[u8]) -> Result<UserData, ProtocolError> {
-        let bad = |d: String| ProtocolError::MalformedUserData(d);
         let mut r = Reader::new(bytes);
         let n = match r.read().map_err(bad)? {
-            Item::Map(Some(n)) if (4..=5).contains(&n) => n,
-            Item::Map(_) => return Err(bad("must be a definite map of 4 or 5 entries".into())),
+            Item::Map(Some(n)) if (4..=7).contains(&n) => n,
+            Item::Map(_) => return Err(bad("must be a definite map of 4 to 7 entries".into())),
             other => return Err(bad(format!("must be a map, found {}", other.kind()))),
         };
-        let (mut v, mut kc, mut model, mut settings, mut exp) = (None, None, None, None, None);
+        let mut v = None;
+        let mut d = Decoded::default();
         for _ in 0..n {
             let key = match r.read().map_err(bad)? {
                 Item::Text(k) => k,
                 other => return Err(bad(format!("key must be text, found {}", other.kind()))),
             };
             let value = r.read().map_err(bad)?;
-            let digest = |value: Item<'_>| -> Result<[u8; 32], ProtocolError> {
-                match value {
-                    Item::Bytes(b) => b
-                        .try_into()
-                        .map_err(|_| bad(format!("`{key}` must be 32 bytes, is {}", b.len()))),
-                    other => Err(bad(format!(
-                        "`{key}` must be bytes, found {}",
-                        other.kind()
-                    ))),
-                }
-            };
-            let number = |value: Item<'_>| match value {
-                Item::Uint(n) => Ok(n),
-                other => Err(bad(format!(
-                    "`{key}` must be an unsigned integer, found {}",
-                    other.kind()
-                ))),
-            };
-            let dup = |set: bool| {
-                if set {
-                    Err(bad(format!("duplicate key `{key}`")))
-                } else {
-                    Ok(())
-                }
-            };
             match key {
-                "v" => {
-                    dup(v.is_some())?;
-                    v = Some(number(value)?);
-                }
-                "kc" => {
-                    dup(kc.is_some())?;
-                    kc = Some(digest(value)?);
-                }
-                "model" => {
-                    dup(model.is_some())?;
-                    model = Some(digest(value)?);
-                }
-                "settings" => {
-                    dup(settings.is_some())?;
-                    settings = Some(digest(value)?);
-                }
-                "exp" => {
-                    dup(exp.is_some())?;
-                    exp = Some(number(value)?);
-                }
+                "v" => set(&mut v, key, number(key, value)?)?,
+                "kc" => set(&mut d.kc, key, digest(key, value)?)?,
+                "model" => set(&mut d.model, key, digest(key, value)?)?,
+                "settings" => set(&mut d.settings, key, digest(key, value)?)?,
+                "dtype" => set(&mut d.dtype, key, dtype(value)?)?,
+                "limits" => set(&mut d.limits, key, limits(&mut r, value)?)?,
+                "exp" => set(&mut d.exp, key, number(key, value)?)?,
                 other => return Err(bad(format!("unknown key `{}`", other.escape_debug()))),
             }
         }
@@ -124,11 +121,97 @@ impl UserData {
             return Err(ProtocolError::UnsupportedVersion(v));
         }
         Ok(UserData {
-            kc: kc.ok_or_else(|| bad("missing `kc`".into()))?,
-            model: model.ok_or_else(|| bad("missing `model`".into()))?,
-            settings,
-            exp: UnixMillis::from_secs(exp.ok_or_else(|| bad("missing `exp`".into()))?),
+            kc: d.kc.ok_or_else(|| bad("missing `kc`".into()))?,
+            model: d.model.ok_or_else(|| bad("missing `model`".into()))?,
+            settings: d.settings,
+            dtype: d.dtype,
+            limits: d.limits,
+            exp: UnixMillis::from_secs(d.exp.ok_or_else(|| bad("missing `exp`".into()))?),
         })
+    }
+}
+
+#[derive(Default)]
+struct Decoded {
+    kc: Option<[u8; 32]>,
+    model: Option<[u8; 32]>,
+    settings: Option<[u8; 32]>,
+    dtype: Option<String>,
+    limits: Option<Limits>,
+    exp: Option<u64>,
+}
+
+fn bad(detail: String) -> ProtocolError {
+    ProtocolError::MalformedUserData(detail)
+}
+
+fn set<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), ProtocolError> {
+    if slot.replace(value).is_some() {
+        return Err(bad(format!("duplicate key `{key}`")));
+    }
+    Ok(())
+}
+
+fn digest(key: &str, value: Item<'_>) -> Result<[u8; 32], ProtocolError> {
+    match value {
+        Item::Bytes(b) => b
+            .try_into()
+            .map_err(|_| bad(format!("`{key}` must be 32 bytes, is {}", b.len()))),
+        other => Err(bad(format!(
+            "`{key}` must be bytes, found {}",
+            other.kind()
+        ))),
+    }
+}
+
+fn number(key: &str, value: Item<'_>) -> Result<u64, ProtocolError> {
+    match value {
+        Item::Uint(n) => Ok(n),
+        other => Err(bad(format!(
+            "`{key}` must be an unsigned integer, found {}",
+            other.kind()
+        ))),
+    }
+}
+
+fn dtype(value: Item<'_>) -> Result<String, ProtocolError> {
+    match value {
+        Item::Text(t)
+            if !t.is_empty()
+                && t.len() <= MAX_DTYPE_LEN
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            Ok(t.to_string())
+        }
+        _ => Err(bad("`dtype` must be a short lowercase name".into())),
+    }
+}
+
+fn limits(r: &mut Reader<'_>, value: Item<'_>) -> Result<Limits, ProtocolError> {
+    if !matches!(value, Item::Map(Some(2))) {
+        return Err(bad("`limits` must be a map of `ctx` and `out`".into()));
+    }
+    let (mut ctx, mut out) = (None, None);
+    for _ in 0..2 {
+        let key = match r.read().map_err(bad)? {
+            Item::Text(k) => k,
+            _ => return Err(bad("`limits` keys must be text".into())),
+        };
+        let n = number(key, r.read().map_err(bad)?)?;
+        let n = u32::try_from(n).map_err(|_| bad(format!("`{key}` is out of range")))?;
+        match key {
+            "ctx" => set(&mut ctx, key, n)?,
+            "out" => set(&mut out, key, n)?,
+            _ => return Err(bad("`limits` has an unknown key".into())),
+        }
+    }
+    match (ctx, out) {
+        (Some(context_tokens), Some(max_new_tokens)) => Ok(Limits {
+            context_tokens,
+            max_new_tokens,
+        }),
+        _ => Err(bad("`limits` must hold `ctx` and `out`".into())),
     }
 }
 
@@ -136,28 +219,36 @@ impl UserData {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_with_and_without_settings() {
-        let mut u = UserData {
+    fn sample() -> UserData {
+        UserData {
             kc: [1; 32],
             model: [2; 32],
             settings: None,
+            dtype: None,
+            limits: None,
             exp: UnixMillis::from_secs(1_800_000_000),
-        };
+        }
+    }
+
+    #[test]
+    fn round_trips_with_and_without_optional_entries() {
+        let mut u = sample();
         assert_eq!(UserData::decode(&u.encode()).unwrap(), u);
         u.settings = Some([3; 32]);
         assert_eq!(UserData::decode(&u.encode()).unwrap(), u);
+        u.dtype = Some("bf16".into());
+        u.limits = Some(Limits {
+            context_tokens: 2048,
+            max_new_tokens: 512,
+        });
+        let bytes = u.encode();
+        assert!(bytes.len() < 200, "{}", bytes.len());
+        assert_eq!(UserData::decode(&bytes).unwrap(), u);
     }
 
     #[test]
     fn rejects_odd_maps() {
-        let u = UserData {
-            kc: [1; 32],
-            model: [2; 32],
-            settings: None,
-            exp: UnixMillis::from_secs(5),
-        };
-        let good = u.encode();
+        let good = sample().encode();
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(UserData::decode(&trailing).is_err());
@@ -167,10 +258,13 @@ mod tests {
             UserData::decode(&v2),
             Err(ProtocolError::UnsupportedVersion(2))
         );
-        let mut dup = good.clone();
-        dup[5] = b'v'; // "kc" -> "vc"? keep the length: rename to an unknown key
-        assert!(UserData::decode(&dup).is_err());
+        let mut renamed = good.clone();
+        renamed[5] = b'v'; // "kc" -> "vc": an unknown key
+        assert!(UserData::decode(&renamed).is_err());
         assert!(UserData::decode(&[0xa0]).is_err());
         assert!(UserData::decode(&[]).is_err());
+        let mut u = sample();
+        u.dtype = Some("F32 ".into());
+        assert!(UserData::decode(&u.encode()).is_err());
     }
 }

@@ -89,6 +89,8 @@ impl Fixture {
 
     fn user_data(&self, settings: Option<[u8; 32]>, exp_offset: i64) -> UserData {
         UserData {
+            dtype: None,
+            limits: None,
             kc: sha256(&self.list),
             model: [5; 32],
             settings,
@@ -202,6 +204,8 @@ fn only_unsupported_suites_are_refused() {
     list.extend_from_slice(&[4; 65]);
     list.extend_from_slice(&[0, 4, 0, 1, 0, 1]);
     let ud = UserData {
+        dtype: None,
+        limits: None,
         kc: sha256(&list),
         model: [5; 32],
         settings: None,

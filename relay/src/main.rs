@@ -1,14 +1,18 @@
 //! `confidant-relay`: the blind front door on the parent instance.
 //!
-//! QUIC (ALPN `confidant/1`) in; each bidirectional stream piped to a fresh upstream connection to the
-//! enclave (vsock in production, TCP or a Unix socket locally), both directions, with backpressure and
-//! without parsing or buffering messages. It logs connection and stream counts, byte counts and
-//! durations, never payload.
+//! QUIC (ALPN `confidant/1`) in; each bidirectional stream carried to the enclave over a bounded pool
+//! of link connections (vsock in production, TCP or a Unix socket locally), both directions, with
+//! backpressure, without parsing what the streams carry. Caps per source address and in all keep one
+//! client from starving the others. When it cannot serve a stream it says why with an `ERROR` frame of
+//! its own (`enclave_unreachable`, `relay_overloaded`). It logs counts, byte counts and durations,
+//! never payload, and drains on SIGTERM as on SIGINT.
 
 mod fault;
+mod limits;
 mod tls;
+mod upstream;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use confidant_protocol::endpoint::Endpoint;
-use confidant_protocol::ALPN;
-use confidant_runtime::endpoint;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use confidant_protocol::frame::Frame;
+use confidant_protocol::{Code, ALPN};
 use tokio::sync::Semaphore;
 
 use crate::fault::Fault;
+use crate::limits::{Caps, Limits};
+use crate::upstream::{Down, Pool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,13 +59,25 @@ struct Args {
     /// Connections at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
-    /// Concurrent streams per connection.
+    /// Connections at once from one source address (many users may share one behind NAT).
     #[arg(long, default_value_t = 64)]
+    max_connections_per_source: usize,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 16)]
     max_streams_per_connection: u32,
+    /// Concurrent streams from one source address, over all its connections.
+    #[arg(long, default_value_t = 256)]
+    max_streams_per_source: usize,
+    /// Concurrent streams in all.
+    #[arg(long, default_value_t = 4096)]
+    max_streams: usize,
+    /// Link connections to the enclave that carry every stream.
+    #[arg(long, default_value_t = 4)]
+    upstream_connections: usize,
     /// Bytes one stream may carry in each direction.
     #[arg(long, default_value_t = 16 << 20)]
     max_stream_bytes: u64,
-    /// Seconds a connection or stream may stay silent.
+    /// Seconds a connection may stay silent.
     #[arg(long, default_value_t = 30)]
     idle_timeout: u64,
     /// TEST ONLY: corrupt enclave-to-client bytes (flip:OFFSET, drop:OFFSET:LEN, reorder:OFFSET:LEN).
@@ -77,13 +94,15 @@ struct Counters {
     streams: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    refused_overloaded: AtomicU64,
+    refused_unreachable: AtomicU64,
 }
 
 struct Relay {
     capture: Option<Arc<std::sync::Mutex<std::fs::File>>>,
-    upstream: Endpoint,
+    pool: Pool,
+    limits: Arc<Limits>,
     max_stream_bytes: u64,
-    idle: Duration,
     fault: Option<Fault>,
     counters: Counters,
 }
@@ -104,6 +123,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// SIGINT or SIGTERM (what systemd sends): either starts the drain.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
@@ -154,9 +188,17 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let relay = Arc::new(Relay {
         capture,
-        upstream: args.upstream.clone(),
+        pool: Pool::new(
+            args.upstream.clone(),
+            args.upstream_connections,
+            Duration::from_secs(2),
+        ),
+        limits: Limits::new(Caps {
+            connections_per_source: args.max_connections_per_source,
+            streams_per_source: args.max_streams_per_source,
+            streams_total: args.max_streams,
+        }),
         max_stream_bytes: args.max_stream_bytes,
-        idle: Duration::from_secs(args.idle_timeout),
         fault: args.fault_test_only.clone(),
         counters: Counters::default(),
     });
@@ -170,6 +212,10 @@ async fn run(args: Args) -> Result<(), String> {
         while let Some(incoming) = endpoint.accept().await {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 incoming.refuse();
+                relay
+                    .counters
+                    .refused_overloaded
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("connection refused: at --max-connections");
                 continue;
             };
@@ -184,20 +230,26 @@ async fn run(args: Args) -> Result<(), String> {
     };
     tokio::select! {
         () = accept => {}
-        _ = tokio::signal::ctrl_c() => {
+        () = shutdown_signal() => {
             tracing::info!("shutting down: no new connections; draining streams");
             endpoint.set_server_config(None);
-            endpoint.close(0u32.into(), b"relay shutting down");
         }
     }
-    // Graceful: wait (bounded) for connections to finish.
-    let _ = tokio::time::timeout(Duration::from_secs(10), endpoint.wait_idle()).await;
+    // Graceful: streams in flight finish (bounded), then the connections close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.limits.streams() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    endpoint.close(0u32.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let c = &relay.counters;
     tracing::info!(
         connections = c.connections.load(Ordering::Relaxed),
         streams = c.streams.load(Ordering::Relaxed),
         bytes_up = c.bytes_up.load(Ordering::Relaxed),
         bytes_down = c.bytes_down.load(Ordering::Relaxed),
+        refused_overloaded = c.refused_overloaded.load(Ordering::Relaxed),
+        refused_unreachable = c.refused_unreachable.load(Ordering::Relaxed),
         "stopped"
     );
     Ok(())
@@ -205,12 +257,21 @@ async fn run(args: Args) -> Result<(), String> {
 
 async fn serve_connection(relay: Arc<Relay>, conn: quinn::Connection) {
     let started = Instant::now();
+    let source = conn.remote_address().ip();
+    let Some(_slot) = relay.limits.connection(source) else {
+        relay
+            .counters
+            .refused_overloaded
+            .fetch_add(1, Ordering::Relaxed);
+        conn.close(0u32.into(), Code::RelayOverloaded.as_str().as_bytes());
+        return;
+    };
     let n = relay.counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let mut streams = 0u64;
     while let Ok((send, recv)) = conn.accept_bi().await {
         streams += 1;
         let relay = relay.clone();
-        tokio::spawn(async move { relay_stream(relay, send, recv).await });
+        tokio::spawn(async move { relay_stream(relay, source, send, recv).await });
     }
     tracing::info!(
         connection = n,
@@ -220,102 +281,168 @@ async fn serve_connection(relay: Arc<Relay>, conn: quinn::Connection) {
     );
 }
 
-async fn relay_stream(relay: Arc<Relay>, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+/// Answers a stream the relay cannot carry with its own `ERROR` frame.
+async fn refuse(mut send: quinn::SendStream, code: Code, message: &str) {
+    let frame = Frame::Error {
+        code,
+        message: message.into(),
+    };
+    let _ = send.write_all(&frame.encode()).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+async fn relay_stream(
+    relay: Arc<Relay>,
+    source: IpAddr,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
     let started = Instant::now();
     relay.counters.streams.fetch_add(1, Ordering::Relaxed);
-    let upstream = match endpoint::connect(&relay.upstream).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream unreachable");
-            let _ = send.reset(1u32.into());
-            return;
+    let Some(_slot) = relay.limits.stream(source) else {
+        relay
+            .counters
+            .refused_overloaded
+            .fetch_add(1, Ordering::Relaxed);
+        return refuse(
+            send,
+            Code::RelayOverloaded,
+            "too many streams from this source or in all; retry shortly",
+        )
+        .await;
+    };
+    let (mut link, mut down_rx) = match relay.pool.open().await {
+        Ok(l) => l,
+        Err(_) => {
+            relay
+                .counters
+                .refused_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("upstream unreachable");
+            return refuse(
+                send,
+                Code::EnclaveUnreachable,
+                "the relay cannot reach the enclave",
+            )
+            .await;
         }
     };
-    let (up_rd, up_wr) = tokio::io::split(upstream);
-    let up = copy(
-        recv,
-        up_wr,
-        relay.max_stream_bytes,
-        relay.idle,
-        None,
-        relay.capture.clone(),
-    );
-    let down = copy(
-        up_rd,
-        send,
-        relay.max_stream_bytes,
-        relay.idle,
-        relay.fault.clone(),
-        relay.capture.clone(),
-    );
-    let (up, down) = tokio::join!(up, down);
+    let up = up(&relay, recv, &mut link);
+    let down = down(&relay, send, &mut down_rx);
+    let ((up_bytes, up_end), (down_bytes, down_end)) = tokio::join!(up, down);
+    if up_end == "eof" && down_end == "eof" {
+        link.complete();
+    }
     relay
         .counters
         .bytes_up
-        .fetch_add(up.bytes, Ordering::Relaxed);
+        .fetch_add(up_bytes, Ordering::Relaxed);
     relay
         .counters
         .bytes_down
-        .fetch_add(down.bytes, Ordering::Relaxed);
+        .fetch_add(down_bytes, Ordering::Relaxed);
     tracing::info!(
-        bytes_up = up.bytes,
-        bytes_down = down.bytes,
+        bytes_up = up_bytes,
+        bytes_down = down_bytes,
         ms = started.elapsed().as_millis() as u64,
-        up = up.end,
-        down = down.end,
+        up = up_end,
+        down = down_end,
         "stream"
     );
 }
 
-struct Copied {
-    bytes: u64,
-    end: &'static str,
+fn capture(relay: &Relay, bytes: &[u8]) {
+    if let Some(c) = &relay.capture {
+        use std::io::Write;
+        if let Ok(mut f) = c.lock() {
+            let _ = f.write_all(bytes);
+        }
+    }
 }
 
-/// Copies until EOF, a limit, silence or an error; closes the writer either way. Backpressure: one
-/// buffer in flight, the next read waits for the write.
-async fn copy<R, W>(
-    mut r: R,
-    mut w: W,
-    limit: u64,
-    idle: Duration,
-    mut fault: Option<Fault>,
-    capture: Option<Arc<std::sync::Mutex<std::fs::File>>>,
-) -> Copied
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 64 * 1024];
+/// Client → enclave: until the client finishes, the byte limit, or an error.
+async fn up(
+    relay: &Relay,
+    mut recv: quinn::RecvStream,
+    link: &mut upstream::LinkStream,
+) -> (u64, &'static str) {
+    let mut buf = vec![0u8; 16 * 1024];
     let mut bytes = 0u64;
     let end = loop {
-        let n = match tokio::time::timeout(idle, r.read(&mut buf)).await {
-            Ok(Ok(0)) => break "eof",
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => break "read error",
-            Err(_) => break "idle timeout",
-        };
-        bytes += n as u64;
-        if bytes > limit {
-            break "stream byte limit";
-        }
-        let out = match fault.as_mut() {
-            Some(f) => f.apply(bytes - n as u64, &buf[..n]),
-            None => buf[..n].to_vec(),
-        };
-        if let Some(c) = &capture {
-            use std::io::Write;
-            if let Ok(mut f) = c.lock() {
-                let _ = f.write_all(&buf[..n]);
+        match recv.read(&mut buf).await {
+            Ok(None) => {
+                link.finish().await;
+                break "eof";
             }
-        }
-        if w.write_all(&out).await.is_err() {
-            break "write error";
+            Ok(Some(n)) => {
+                bytes += n as u64;
+                if bytes > relay.max_stream_bytes {
+                    break "stream byte limit";
+                }
+                capture(relay, &buf[..n]);
+                if link.send(&buf[..n]).await.is_err() {
+                    break "link lost";
+                }
+            }
+            Err(_) => break "read error",
         }
     };
-    if let Some(f) = fault.as_mut() {
-        let _ = w.write_all(&f.flush()).await;
-    }
-    let _ = w.shutdown().await;
-    Copied { bytes, end }
+    (bytes, end)
 }
+
+/// Enclave → client: until the enclave finishes, or the link or the client goes.
+async fn down(
+    relay: &Relay,
+    mut send: quinn::SendStream,
+    down: &mut tokio::sync::mpsc::Receiver<Down>,
+) -> (u64, &'static str) {
+    let mut fault = relay.fault.clone();
+    let mut bytes = 0u64;
+    let end = loop {
+        match down.recv().await {
+            Some(Down::Data(data)) => {
+                let start = bytes;
+                bytes += data.len() as u64;
+                if bytes > relay.max_stream_bytes {
+                    let _ = send.reset(1u32.into());
+                    break "stream byte limit";
+                }
+                capture(relay, &data);
+                let out = match fault.as_mut() {
+                    Some(f) => f.apply(start, &data),
+                    None => data,
+                };
+                if send.write_all(&out).await.is_err() {
+                    break "write error";
+                }
+            }
+            Some(Down::Fin) => {
+                if let Some(f) = fault.as_mut() {
+                    let _ = send.write_all(&f.flush()).await;
+                }
+                let _ = send.finish();
+                let _ = send.stopped().await;
+                break "eof";
+            }
+            None if bytes == 0 => {
+                // Lost before anything came back: say so.
+                relay
+                    .counters
+                    .refused_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                refuse(send, Code::EnclaveUnreachable, "the relay lost the enclave").await;
+                return (0, "link lost");
+            }
+            None => {
+                // Lost mid-answer: the client sees the stream cut and reports the answer incomplete.
+                let _ = send.reset(RESET_ENCLAVE_LOST.into());
+                break "link lost";
+            }
+        }
+    };
+    (bytes, end)
+}
+
+/// The QUIC reset code of a stream whose enclave went away mid-answer.
+const RESET_ENCLAVE_LOST: u32 = 1;

@@ -11,6 +11,8 @@ use zeroize::Zeroizing;
 pub const MAX_SYSTEM_PROMPT_BYTES: usize = 16 * 1024;
 /// The largest generation limit accepted.
 pub const MAX_NEW_TOKENS_LIMIT: u32 = 4096;
+/// The largest context limit accepted (prompt plus answer tokens).
+pub const MAX_CONTEXT_TOKENS: u32 = 32_768;
 
 /// Why a settings document was refused. Messages name the field, never its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +57,9 @@ struct Raw {
     default_new_tokens: Option<u32>,
     #[serde(default)]
     weights_key: Option<String>,
+    /// Absent: the enclave's `--context-tokens`.
+    #[serde(default)]
+    context_tokens: Option<u32>,
 }
 
 fn default_max_new_tokens() -> u32 {
@@ -71,6 +76,8 @@ pub struct Settings {
     pub default_new_tokens: u32,
     /// AES-256 key of encrypted weights at rest, when they are encrypted.
     pub weights_key: Option<Zeroizing<[u8; 32]>>,
+    /// Prompt plus answer tokens per request and session, when the settings fix it.
+    pub context_tokens: Option<u32>,
     /// SHA-256 of the sealed bytes: what the enclave attests as `settings`.
     pub digest: [u8; 32],
 }
@@ -82,6 +89,7 @@ impl std::fmt::Debug for Settings {
             .field("system_prompt_bytes", &self.system_prompt.len())
             .field("max_new_tokens", &self.max_new_tokens)
             .field("default_new_tokens", &self.default_new_tokens)
+            .field("context_tokens", &self.context_tokens)
             .field("weights_key", &self.weights_key.is_some())
             .field("digest", &hex::encode(self.digest))
             .finish()
@@ -106,6 +114,15 @@ impl Settings {
             1,
             raw.max_new_tokens,
         )?;
+        if let Some(c) = raw.context_tokens {
+            // Room for at least one answer of the largest size and a question.
+            range(
+                "context_tokens",
+                c,
+                raw.max_new_tokens.saturating_add(1),
+                MAX_CONTEXT_TOKENS,
+            )?;
+        }
         if raw.system_prompt.len() > MAX_SYSTEM_PROMPT_BYTES {
             return Err(SettingsError::SystemPromptTooLong(raw.system_prompt.len()));
         }
@@ -122,6 +139,7 @@ impl Settings {
             max_new_tokens: raw.max_new_tokens,
             default_new_tokens,
             weights_key,
+            context_tokens: raw.context_tokens,
             digest: digest(bytes),
         })
     }

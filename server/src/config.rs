@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use confidant_protocol::session::SessionLimits;
 
-/// What the enclave commits to in every attestation document, beside its keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the enclave commits to in every attestation document, beside its keys and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The model digest over the files as loaded.
     pub model: [u8; 32],
     /// The unsealed settings' digest, when the enclave has sealed settings.
     pub settings: Option<[u8; 32]>,
+    /// The dtype the model computes in (`f32`, `bf16`, `int8`).
+    pub dtype: String,
 }
 
 /// Limits and lifetimes.
@@ -24,10 +26,16 @@ pub struct ServeConfig {
     pub cached_document_max_age: Duration,
     pub session_limits: SessionLimits,
     pub max_sessions: usize,
-    /// Upper bound on `max_tokens` a client may ask for.
+    /// Prompt plus answer tokens, per request and per session (attested).
+    pub context_tokens: u32,
+    /// Upper bound on `max_tokens` a client may ask for (attested).
     pub max_new_tokens: u32,
     /// `max_tokens` when the client asks for none.
     pub default_new_tokens: u32,
+    /// How long a stream may take to deliver its first whole frame.
+    pub first_frame_timeout: Duration,
+    /// How long a frame may take to arrive once its first byte has.
+    pub frame_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -37,9 +45,13 @@ impl Default for ServeConfig {
             key_grace: Duration::from_secs(300),
             cached_document_max_age: Duration::from_secs(60),
             session_limits: SessionLimits::default(),
-            max_sessions: 1024,
+            // Sessions are small; their model state is bounded by the engine's KV budget.
+            max_sessions: 65_536,
+            context_tokens: 2048,
             max_new_tokens: 512,
             default_new_tokens: 64,
+            first_frame_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }

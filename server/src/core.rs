@@ -1,8 +1,11 @@
 //! The state machine: streams, their exchanges, and the jobs answering them.
 //!
 //! Each stream carries one exchange: `ATTEST` → `ATTESTATION`; `HEALTH` → `HEALTH`; `REQUEST` →
-//! `RESPONSE`, `CHUNK`…(final); `SESSION` → `CHUNK`…(final); or an `ERROR`. The core then closes the
-//! stream. Logs carry counts, timings and codes, never prompts, answers or keys.
+//! `RESPONSE`, `CHUNK`…(final); `SESSION` → `CHUNK`…(final); `CLOSE` → `CLOSE`; or an `ERROR`. The
+//! core then closes the stream. A stream must deliver its frame in time: a first frame within
+//! `first_frame_timeout` of opening, and each frame within `frame_timeout` of its first byte, so an
+//! idle or dripping peer cannot hold a stream. Logs carry counts, timings and codes, never prompts,
+//! answers or keys.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -11,13 +14,14 @@ use confidant_nsm::Nsm;
 use confidant_protocol::chunks::ChunkSealer;
 use confidant_protocol::frame::{Frame, FrameDecoder};
 use confidant_protocol::message::{Ask, Trailer};
-use confidant_protocol::user_data::{sha256, UserData};
+use confidant_protocol::user_data::{sha256, Limits, UserData};
 use confidant_protocol::{Code, ProtocolError, UnixMillis};
 use rand_core::SeedableRng;
 
 use crate::config::{Identity, ServeConfig};
 use crate::inference::{
-    AnswerParams, ConversationId, InferenceEvent, InferenceFailure, InferenceRequest, JobId,
+    AnswerParams, ConversationId, EngineStatus, InferenceEvent, InferenceFailure, InferenceRequest,
+    JobId,
 };
 use crate::keys::KeyRing;
 use crate::sessions::{SessionTable, TableFull};
@@ -47,9 +51,8 @@ pub enum Output {
 struct Answer {
     job: JobId,
     sealer: ChunkSealer,
-    /// The session this turn belongs to (every `REQUEST` opens one).
-    session: [u8; 16],
-    tokens: u64,
+    /// The session this turn belongs to; `None` for a one-shot question.
+    session: Option<[u8; 16]>,
     started: UnixMillis,
 }
 
@@ -67,6 +70,9 @@ enum StreamState {
 struct Stream {
     decoder: FrameDecoder,
     state: StreamState,
+    opened: UnixMillis,
+    /// When the bytes now pending in the decoder began to arrive.
+    frame_started: Option<UnixMillis>,
 }
 
 #[derive(Debug, Default)]
@@ -75,8 +81,11 @@ struct Stats {
     attestations: u64,
     requests: u64,
     turns: u64,
+    closed_sessions: u64,
+    evicted_sessions: u64,
     rejected: u64,
     answered: u64,
+    deadlines: u64,
 }
 
 /// The server core.
@@ -95,6 +104,7 @@ pub struct Core {
     rng: ChaCha20Rng,
     out: VecDeque<Output>,
     stats: Stats,
+    engine: EngineStatus,
     started: UnixMillis,
 }
 
@@ -134,6 +144,10 @@ impl Core {
             rng,
             out: VecDeque::new(),
             stats: Stats::default(),
+            engine: EngineStatus {
+                alive: true,
+                ..EngineStatus::default()
+            },
             started: now,
         }
     }
@@ -144,7 +158,7 @@ impl Core {
     }
 
     /// A new stream (a connection, or a multiplexed stream on one).
-    pub fn accept(&mut self) -> StreamId {
+    pub fn accept(&mut self, now: UnixMillis) -> StreamId {
         self.next_stream += 1;
         let id = StreamId(self.next_stream);
         self.streams.insert(
@@ -152,10 +166,17 @@ impl Core {
             Stream {
                 decoder: FrameDecoder::default(),
                 state: StreamState::Open,
+                opened: now,
+                frame_started: None,
             },
         );
         self.stats.streams += 1;
         id
+    }
+
+    /// Streams the core holds (open, answering, or waiting for the shell to report them gone).
+    pub fn streams(&self) -> usize {
+        self.streams.len()
     }
 
     /// Bytes received on `stream`.
@@ -163,6 +184,9 @@ impl Core {
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
+        if s.decoder.pending() == 0 && !bytes.is_empty() {
+            s.frame_started = Some(now);
+        }
         s.decoder.push(bytes);
         loop {
             let Some(s) = self.streams.get_mut(&stream) else {
@@ -174,6 +198,7 @@ impl Core {
             match s.decoder.next_frame() {
                 Ok(None) => return,
                 Ok(Some(frame)) => {
+                    s.frame_started = (s.decoder.pending() > 0).then_some(now);
                     if !matches!(s.state, StreamState::Open) {
                         // One exchange per stream.
                         let got = frame.name();
@@ -202,6 +227,9 @@ impl Core {
         let Some(s) = self.streams.get(&stream) else {
             return;
         };
+        if matches!(s.state, StreamState::Done) {
+            return;
+        }
         if let Err(e) = s.decoder.finish() {
             self.fail(stream, e.into());
         } else if matches!(s.state, StreamState::Open) {
@@ -217,13 +245,41 @@ impl Core {
             if let StreamState::Answering(answer) = s.state {
                 self.jobs.remove(&answer.job);
                 self.out.push_back(Output::Cancel(answer.job));
-                self.end_session_turn(&answer.session, false);
+                self.end_turn(&answer, false);
             }
         }
     }
 
-    /// Periodic upkeep: expired sessions go (with their model state), keys rotate.
+    /// Periodic upkeep: frame deadlines, expired sessions (with their model state), key rotation.
     pub fn handle_timeout(&mut self, now: UnixMillis) {
+        let (first, frame) = (self.config.first_frame_timeout, self.config.frame_timeout);
+        let late: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| match s.state {
+                StreamState::Open => {
+                    now.saturating_since(s.opened) > first
+                        || s.frame_started
+                            .is_some_and(|t| now.saturating_since(t) > frame)
+                }
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for stream in late {
+            self.stats.deadlines += 1;
+            self.fail(
+                stream,
+                Refusal::new(
+                    Code::FrameDeadline,
+                    format!(
+                        "no whole frame within {} s (a frame must arrive within {} s of its first byte)",
+                        first.as_secs(),
+                        frame.as_secs()
+                    ),
+                ),
+            );
+        }
         for c in self.sessions.sweep(now) {
             self.out.push_back(Output::Forget(c));
         }
@@ -235,13 +291,13 @@ impl Core {
         let Some(&stream) = self.jobs.get(&job) else {
             return; // Cancelled: late events are dropped.
         };
-        let Some(StreamState::Answering(answer)) =
-            self.streams.get_mut(&stream).map(|s| &mut s.state)
-        else {
-            return;
-        };
         match event {
             InferenceEvent::Text(text) => {
+                let Some(StreamState::Answering(answer)) =
+                    self.streams.get_mut(&stream).map(|s| &mut s.state)
+                else {
+                    return;
+                };
                 let mut sealed = Vec::with_capacity(text.len() + 32);
                 if answer.sealer.seal(text.as_bytes(), &mut sealed).is_err() {
                     self.fail(
@@ -250,7 +306,6 @@ impl Core {
                     );
                     return;
                 }
-                answer.tokens += 1;
                 self.transmit(
                     stream,
                     &Frame::Chunk {
@@ -264,14 +319,9 @@ impl Core {
                 prompt_tokens,
                 generated_tokens,
             } => {
-                let Some(StreamState::Answering(answer)) = self
-                    .streams
-                    .get_mut(&stream)
-                    .map(|s| std::mem::replace(&mut s.state, StreamState::Done))
-                else {
+                let Some(answer) = self.take_answer(stream, job) else {
                     return;
                 };
-                self.jobs.remove(&job);
                 let trailer = Trailer {
                     finish,
                     prompt_tokens,
@@ -282,7 +332,7 @@ impl Core {
                     Ok(()) => {
                         self.transmit(stream, &Frame::Chunk { last: true, sealed });
                         self.stats.answered += 1;
-                        self.end_session_turn(&answer.session, true);
+                        self.end_session_turn(answer.session.as_ref(), true);
                         tracing::info!(
                             tokens = generated_tokens,
                             ms = now.saturating_since(answer.started).as_millis() as u64,
@@ -290,7 +340,7 @@ impl Core {
                         );
                     }
                     Err(_) => {
-                        self.end_session_turn(&answer.session, false);
+                        self.end_session_turn(answer.session.as_ref(), false);
                         self.refuse(
                             stream,
                             Refusal::new(Code::Internal, "the answer is too long"),
@@ -300,40 +350,74 @@ impl Core {
                 self.end_stream(stream);
             }
             InferenceEvent::Failed(failure) => {
+                // Nothing was computed for a busy engine or a context overflow: a session keeps its
+                // state. After a model failure it does not match what the client has.
                 let (refusal, keep) = match failure {
                     InferenceFailure::Busy => (
-                        Refusal::new(Code::Busy, "the model is at capacity; try again"),
+                        Refusal::new(Code::Busy, "the enclave is at capacity; retry after 1 s"),
+                        true,
+                    ),
+                    InferenceFailure::ContextLimit { limit } => (
+                        Refusal::new(
+                            Code::ContextLimit,
+                            format!(
+                                "the question and its answer would exceed the context limit of {limit} tokens"
+                            ),
+                        ),
                         true,
                     ),
                     InferenceFailure::UnknownConversation => {
-                        (ProtocolError::SessionExpired.into(), false)
+                        (ProtocolError::UnknownSession.into(), false)
                     }
                     InferenceFailure::Model => (
                         Refusal::new(Code::GenerationFailed, "the model failed to answer"),
                         false,
                     ),
                 };
-                let Some(StreamState::Answering(answer)) = self
-                    .streams
-                    .get_mut(&stream)
-                    .map(|s| std::mem::replace(&mut s.state, StreamState::Done))
-                else {
+                let Some(answer) = self.take_answer(stream, job) else {
                     return;
                 };
-                self.jobs.remove(&job);
-                self.end_session_turn(&answer.session, keep);
+                self.end_session_turn(answer.session.as_ref(), keep);
                 self.refuse(stream, refusal);
                 self.end_stream(stream);
             }
         }
     }
 
-    /// The health report: counts only, never anything secret.
+    /// The engine dropped an idle conversation to make room in its KV budget: its session ends, and
+    /// the client's next turn is told so (it then starts a new session).
+    pub fn conversation_evicted(&mut self, conversation: ConversationId) {
+        if self.sessions.evicted(conversation) {
+            self.stats.evicted_sessions += 1;
+        }
+    }
+
+    /// The engine's latest report of itself, for `HEALTH`.
+    pub fn set_engine_status(&mut self, status: EngineStatus) {
+        self.engine = status;
+    }
+
+    /// The health report: counts only, never anything secret. `status` is `ok` only while the
+    /// engine takes jobs.
     pub fn health(&self, now: UnixMillis) -> String {
+        let e = &self.engine;
         serde_json::json!({
-            "status": "ok",
+            "status": if e.alive { "ok" } else { "degraded" },
             "nsm": self.nsm.kind(),
+            "dtype": self.identity.dtype,
             "uptime_s": now.saturating_since(self.started).as_secs(),
+            "engine": {
+                "alive": e.alive,
+                "jobs": e.jobs,
+                "conversations": e.conversations,
+                "kv_bytes": e.kv_bytes,
+                "kv_budget_bytes": e.kv_budget_bytes,
+                "failed_jobs": e.failed_jobs,
+            },
+            "limits": {
+                "context_tokens": self.config.context_tokens,
+                "max_new_tokens": self.config.max_new_tokens,
+            },
             "sessions": self.sessions.len(),
             "streams_open": self.streams.len(),
             "answering": self.jobs.len(),
@@ -342,6 +426,9 @@ impl Core {
             "requests": self.stats.requests,
             "turns": self.stats.turns,
             "answered": self.stats.answered,
+            "closed_sessions": self.stats.closed_sessions,
+            "evicted_sessions": self.stats.evicted_sessions,
+            "frame_deadlines": self.stats.deadlines,
             "rejected": self.stats.rejected,
         })
         .to_string()
@@ -367,9 +454,10 @@ impl Core {
                 seq,
                 ciphertext,
             } => self.turn(stream, id, seq, &ciphertext, now),
+            Frame::Close { id, seq, tag } => self.close_session(stream, id, seq, tag),
             other => Err(ProtocolError::UnexpectedFrame {
                 got: other.name(),
-                expected: "ATTEST, REQUEST, SESSION or HEALTH",
+                expected: "ATTEST, REQUEST, SESSION, CLOSE or HEALTH",
             }
             .into()),
         };
@@ -388,7 +476,11 @@ impl Core {
     ) -> Result<(), Refusal> {
         self.keys.rotate_if_due(now, &mut self.rng);
         let max_age = self.config.cached_document_max_age;
-        let identity = self.identity;
+        let identity = &self.identity;
+        let limits = Limits {
+            context_tokens: self.config.context_tokens,
+            max_new_tokens: self.config.max_new_tokens,
+        };
         let generation = self.keys.current();
         let cached = nonce
             .is_none()
@@ -401,6 +493,8 @@ impl Core {
                     kc: sha256(generation.list()),
                     model: identity.model,
                     settings: identity.settings,
+                    dtype: Some(identity.dtype.clone()),
+                    limits: Some(limits),
                     exp: generation.expires(),
                 };
                 let doc = self
@@ -441,6 +535,15 @@ impl Core {
                 ),
             ));
         }
+        if max >= self.config.context_tokens {
+            return Err(Refusal::new(
+                Code::ContextLimit,
+                format!(
+                    "max_tokens leaves no room for the question in the context limit of {} tokens",
+                    self.config.context_tokens
+                ),
+            ));
+        }
         let temperature = ask.temperature.unwrap_or(0.0);
         if !(0.0..=100.0).contains(&temperature) {
             return bad("temperature must be within 0..=100");
@@ -474,17 +577,23 @@ impl Core {
         let params = self.params(&ask)?;
         let job = self.next_job();
         let conversation = self.next_conversation();
-        let mut forget = Vec::new();
-        let opened = self.sessions.open(
-            request.session(now, self.config.session_limits),
-            conversation,
-            job,
-            now,
-            &mut forget,
-        );
-        self.out.extend(forget.into_iter().map(Output::Forget));
-        let session = opened
-            .map_err(|TableFull| Refusal::new(Code::Busy, "too many open sessions; try again"))?;
+        // Only a question that asks for a session leaves one behind.
+        let session = if ask.session {
+            let mut forget = Vec::new();
+            let opened = self.sessions.open(
+                request.session(now, self.config.session_limits),
+                conversation,
+                job,
+                now,
+                &mut forget,
+            );
+            self.out.extend(forget.into_iter().map(Output::Forget));
+            Some(opened.map_err(|TableFull| {
+                Refusal::new(Code::Busy, "too many open sessions; retry after 1 s")
+            })?)
+        } else {
+            None
+        };
         let (nonce, sealer) = request.respond(&mut self.rng);
         drop(request);
         self.stats.requests += 1;
@@ -540,9 +649,25 @@ impl Core {
             ask,
             params,
             turn.sealer,
-            id,
+            Some(id),
             now,
         );
+        Ok(())
+    }
+
+    fn close_session(
+        &mut self,
+        stream: StreamId,
+        id: [u8; 16],
+        seq: u64,
+        tag: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        let conversation = self.sessions.close(&id, seq, &tag)?;
+        self.out.push_back(Output::Forget(conversation));
+        self.stats.closed_sessions += 1;
+        // The ack echoes the frame.
+        self.transmit(stream, &Frame::Close { id, seq, tag });
+        self.end_stream(stream);
         Ok(())
     }
 
@@ -556,7 +681,7 @@ impl Core {
         ask: Ask,
         params: AnswerParams,
         sealer: ChunkSealer,
-        session: [u8; 16],
+        session: Option<[u8; 16]>,
         now: UnixMillis,
     ) {
         if let Some(s) = self.streams.get_mut(&stream) {
@@ -564,7 +689,6 @@ impl Core {
                 job,
                 sealer,
                 session,
-                tokens: 0,
                 started: now,
             }));
         }
@@ -573,6 +697,7 @@ impl Core {
             job,
             conversation,
             first_turn,
+            keep: session.is_some(),
             text: ask.prompt,
             params,
         }));
@@ -588,6 +713,19 @@ impl Core {
     fn next_conversation(&mut self) -> ConversationId {
         self.next_conversation += 1;
         ConversationId(self.next_conversation)
+    }
+
+    /// Ends `job`'s answer on `stream`, returning it.
+    fn take_answer(&mut self, stream: StreamId, job: JobId) -> Option<Box<Answer>> {
+        self.jobs.remove(&job);
+        let s = self.streams.get_mut(&stream)?;
+        match std::mem::replace(&mut s.state, StreamState::Done) {
+            StreamState::Answering(a) => Some(a),
+            other => {
+                s.state = other;
+                None
+            }
+        }
     }
 
     fn transmit(&mut self, stream: StreamId, frame: &Frame) {
@@ -617,7 +755,7 @@ impl Core {
             {
                 self.jobs.remove(&answer.job);
                 self.out.push_back(Output::Cancel(answer.job));
-                self.end_session_turn(&answer.session, false);
+                self.end_turn(&answer, false);
             }
         }
         self.refuse(stream, refusal);
@@ -631,8 +769,13 @@ impl Core {
         self.out.push_back(Output::Close { stream });
     }
 
-    fn end_session_turn(&mut self, session: &[u8; 16], keep: bool) {
-        if let Some(c) = self.sessions.end_turn(session, keep) {
+    /// A cancelled or failed answer: its session (if any) ends with it.
+    fn end_turn(&mut self, answer: &Answer, keep: bool) {
+        self.end_session_turn(answer.session.as_ref(), keep);
+    }
+
+    fn end_session_turn(&mut self, session: Option<&[u8; 16]>, keep: bool) {
+        if let Some(c) = session.and_then(|s| self.sessions.end_turn(s, keep)) {
             self.out.push_back(Output::Forget(c));
         }
     }

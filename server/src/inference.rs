@@ -30,6 +30,8 @@ pub struct InferenceRequest {
     pub conversation: ConversationId,
     /// The first turn starts the conversation; a later one continues its cached state.
     pub first_turn: bool,
+    /// Keep the conversation's state after the answer (a session); a one-shot question's is dropped.
+    pub keep: bool,
     /// The user's text, decrypted (zeroized when dropped).
     pub text: Zeroizing<String>,
     pub params: AnswerParams,
@@ -41,6 +43,7 @@ impl std::fmt::Debug for InferenceRequest {
             .field("job", &self.job)
             .field("conversation", &self.conversation)
             .field("first_turn", &self.first_turn)
+            .field("keep", &self.keep)
             .field("params", &self.params)
             .finish_non_exhaustive()
     }
@@ -61,10 +64,29 @@ pub enum InferenceEvent {
 /// Why a job produced no complete answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InferenceFailure {
-    /// The engine is at capacity (nothing was computed).
+    /// The engine is at capacity, in jobs or in KV memory (nothing was computed).
     Busy,
     /// The conversation's state is gone (the engine dropped it).
     UnknownConversation,
+    /// The prompt with its answer would exceed the context limit (checked before any model work).
+    ContextLimit { limit: u32 },
     /// The model failed on this job (details stay in the enclave).
     Model,
+}
+
+/// What the engine reports about itself, for `HEALTH` (counts only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStatus {
+    /// The engine thread is alive and taking jobs.
+    pub alive: bool,
+    /// Jobs admitted and not finished.
+    pub jobs: usize,
+    /// KV cache bytes held (running and idle conversations).
+    pub kv_bytes: u64,
+    /// The KV memory budget.
+    pub kv_budget_bytes: u64,
+    /// Conversations held.
+    pub conversations: usize,
+    /// Jobs that failed (panics and allocation failures included) since boot.
+    pub failed_jobs: u64,
 }

@@ -28,6 +28,18 @@ struct Entry {
     state: SessionState,
 }
 
+impl Entry {
+    fn busy(&self) -> Result<(), Refusal> {
+        match self.state {
+            SessionState::Busy(_) => Err(Refusal::new(
+                Code::SessionBusy,
+                "the previous turn of this session is still running",
+            )),
+            SessionState::Idle => Ok(()),
+        }
+    }
+}
+
 /// A turn that authenticated and may run.
 #[derive(Debug)]
 pub struct Turn {
@@ -40,10 +52,11 @@ pub struct Turn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
 
-/// Open sessions by id.
+/// Open sessions by id (and by conversation, for the engine's evictions).
 #[derive(Debug)]
 pub struct SessionTable {
     entries: HashMap<[u8; 16], Entry>,
+    by_conversation: HashMap<ConversationId, [u8; 16]>,
     capacity: usize,
 }
 
@@ -51,8 +64,15 @@ impl SessionTable {
     pub fn new(capacity: usize) -> SessionTable {
         SessionTable {
             entries: HashMap::new(),
+            by_conversation: HashMap::new(),
             capacity,
         }
+    }
+
+    fn remove(&mut self, id: &[u8; 16]) -> Option<ConversationId> {
+        let e = self.entries.remove(id)?;
+        self.by_conversation.remove(&e.conversation);
+        Some(e.conversation)
     }
 
     /// Sessions open.
@@ -86,6 +106,10 @@ impl SessionTable {
             }
         }
         let id = *keys.id();
+        if let Some(old) = self.remove(&id) {
+            forget.push(old); // An id collision would mean equal keys: cannot happen, but stay exact.
+        }
+        self.by_conversation.insert(conversation, id);
         self.entries.insert(
             id,
             Entry {
@@ -113,18 +137,11 @@ impl SessionTable {
             .entries
             .get_mut(id)
             .ok_or(ProtocolError::UnknownSession)?;
-        if let SessionState::Busy(_) = entry.state {
-            return Err(Refusal::new(
-                Code::SessionBusy,
-                "the previous turn of this session is still running",
-            ));
-        }
+        entry.busy()?;
         let plaintext = match entry.keys.open_turn(seq, ciphertext, now) {
             Ok(p) => p,
             Err(ProtocolError::SessionExpired) => {
-                if let Some(e) = self.entries.remove(id) {
-                    forget.push(e.conversation);
-                }
+                forget.extend(self.remove(id));
                 return Err(ProtocolError::SessionExpired.into());
             }
             Err(e) => return Err(e.into()),
@@ -146,20 +163,45 @@ impl SessionTable {
             }
             return None;
         }
-        self.entries.remove(id).map(|e| e.conversation)
+        self.remove(id)
+    }
+
+    /// Ends session `id` at its owner's `CLOSE` (authenticated like a turn); returns its
+    /// conversation. A session answering a turn cannot be closed until the turn ends.
+    pub fn close(
+        &mut self,
+        id: &[u8; 16],
+        seq: u64,
+        tag: &[u8],
+    ) -> Result<ConversationId, Refusal> {
+        let entry = self
+            .entries
+            .get_mut(id)
+            .ok_or(ProtocolError::UnknownSession)?;
+        entry.busy()?;
+        entry.keys.open_close(seq, tag)?;
+        self.remove(id)
+            .ok_or_else(|| ProtocolError::UnknownSession.into())
+    }
+
+    /// The engine dropped an idle conversation to make room: its session ends (the client's next turn
+    /// is told `unknown_session` and starts a new one). Returns whether a session went.
+    pub fn evicted(&mut self, conversation: ConversationId) -> bool {
+        let Some(id) = self.by_conversation.get(&conversation).copied() else {
+            return false;
+        };
+        self.remove(&id).is_some()
     }
 
     /// Removes expired idle sessions (their keys are zeroized as they drop); returns their
     /// conversations.
     pub fn sweep(&mut self, now: UnixMillis) -> Vec<ConversationId> {
-        let mut gone = Vec::new();
-        self.entries.retain(|_, e| {
-            let expired = e.state == SessionState::Idle && e.keys.is_expired(now);
-            if expired {
-                gone.push(e.conversation);
-            }
-            !expired
-        });
-        gone
+        let expired: Vec<[u8; 16]> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state == SessionState::Idle && e.keys.is_expired(now))
+            .map(|(id, _)| *id)
+            .collect();
+        expired.iter().filter_map(|id| self.remove(id)).collect()
     }
 }

@@ -48,6 +48,7 @@ fn harness(config: ServeConfig) -> Harness {
         Identity {
             model: MODEL,
             settings: None,
+            dtype: "f32".into(),
         },
         config,
         [9; 32],
@@ -70,7 +71,7 @@ impl Harness {
 
     /// Sends `frame` on a new stream; returns the stream and the outputs (without inference).
     fn send(&mut self, frame: &Frame) -> (StreamId, Vec<Output>) {
-        let s = self.core.accept();
+        let s = self.core.accept(self.now);
         self.core.receive(s, &frame.encode(), self.now);
         self.core.finish(s);
         (s, self.drain())
@@ -177,6 +178,13 @@ fn error_code(outputs: &[Output]) -> Option<Code> {
     })
 }
 
+fn session_ask(prompt: &str) -> Ask {
+    Ask {
+        session: true,
+        ..Ask::new(prompt)
+    }
+}
+
 fn text(s: &str) -> InferenceEvent {
     InferenceEvent::Text(s.into())
 }
@@ -263,7 +271,7 @@ fn a_nonce_less_attest_is_answered_from_the_cache_for_a_minute() {
 fn session_turns_continue_the_conversation_and_replays_are_refused() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
-    let (frame, client) = h.request_frame(&recipient, &Ask::new("first"));
+    let (frame, client) = h.request_frame(&recipient, &session_ask("first"));
     let (_, mut out) = h.send(&frame);
     let job1 = submitted(&mut out).unwrap();
     h.events(&job1, vec![text("one"), done(1)]);
@@ -302,7 +310,7 @@ fn session_turns_continue_the_conversation_and_replays_are_refused() {
 fn a_second_turn_while_one_runs_is_refused_as_session_busy() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
-    let (frame, client) = h.request_frame(&recipient, &Ask::new("first"));
+    let (frame, client) = h.request_frame(&recipient, &session_ask("first"));
     let (_, mut out) = h.send(&frame);
     let job1 = submitted(&mut out).unwrap();
     h.events(&job1, vec![done(0)]);
@@ -325,7 +333,7 @@ fn sessions_expire_when_idle_and_their_conversation_is_forgotten() {
         ..ServeConfig::default()
     });
     let (_, recipient) = h.attest();
-    let (frame, client) = h.request_frame(&recipient, &Ask::new("first"));
+    let (frame, client) = h.request_frame(&recipient, &session_ask("first"));
     let (_, mut out) = h.send(&frame);
     let job = submitted(&mut out).unwrap();
     h.events(&job, vec![done(0)]);
@@ -344,6 +352,149 @@ fn sessions_expire_when_idle_and_their_conversation_is_forgotten() {
 }
 
 #[test]
+fn a_one_shot_question_leaves_no_session_and_its_state_is_not_kept() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &Ask::new("once"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    assert!(!job.keep, "the engine drops a one-shot conversation itself");
+    h.events(&job, vec![text("a"), done(1)]);
+    let health: serde_json::Value = serde_json::from_str(&h.core.health(h.now)).unwrap();
+    assert_eq!(health["sessions"], 0);
+    // Its session keys lead nowhere.
+    let mut session = client.into_session();
+    let (_, turn) = session.seal_turn(&Ask::new("again").to_bytes());
+    let (_, out) = h.send(&turn);
+    assert_eq!(error_code(&out), Some(Code::UnknownSession));
+}
+
+#[test]
+fn close_ends_a_session_only_for_its_owner_and_is_acknowledged() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &session_ask("first"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    h.events(&job, vec![done(0)]);
+    let mut session = client.into_session();
+    // A forged close (wrong tag) is refused and the session stays.
+    let Frame::Close { id, seq, mut tag } = session.seal_close() else {
+        panic!()
+    };
+    tag[0] ^= 1;
+    let (_, out) = h.send(&Frame::Close { id, seq, tag });
+    assert_eq!(error_code(&out), Some(Code::SessionAuth));
+    let close = session.seal_close();
+    let (_, out) = h.send(&close);
+    assert_eq!(
+        received(&out).frames,
+        vec![close.clone()],
+        "echoed as the ack"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Forget(c) if *c == job.conversation)),
+        "its model state goes"
+    );
+    let (_, out) = h.send(&close);
+    assert_eq!(error_code(&out), Some(Code::UnknownSession));
+}
+
+#[test]
+fn streams_that_do_not_deliver_a_whole_frame_in_time_are_closed() {
+    let mut h = harness(ServeConfig::default());
+    // Silent since it opened.
+    let silent = h.core.accept(h.now);
+    // A frame begun but dripping.
+    let dripping = h.core.accept(h.now);
+    h.core.receive(
+        dripping,
+        &Frame::Attest { nonce: None }.encode()[..2],
+        h.now,
+    );
+    h.advance(Duration::from_secs(4));
+    h.core.handle_timeout(h.now);
+    assert!(h.drain().is_empty(), "within the deadlines");
+    h.advance(Duration::from_secs(2));
+    h.core.handle_timeout(h.now);
+    let out = h.drain();
+    for s in [silent, dripping] {
+        let mine: Vec<Output> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Transmit { stream, .. } | Output::Close { stream } if *stream == s))
+            .map(|o| match o {
+                Output::Transmit { stream, bytes } => Output::Transmit { stream: *stream, bytes: bytes.clone() },
+                Output::Close { stream } => Output::Close { stream: *stream },
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(error_code(&mine), Some(Code::FrameDeadline), "{s:?}");
+        assert!(received(&mine).closed);
+    }
+}
+
+#[test]
+fn context_limits_are_refused_with_the_limit_and_keep_the_session() {
+    let mut h = harness(ServeConfig {
+        context_tokens: 100,
+        max_new_tokens: 100,
+        ..ServeConfig::default()
+    });
+    let (_, recipient) = h.attest();
+    let ask = Ask {
+        max_tokens: Some(100),
+        ..Ask::new("q")
+    };
+    let (frame, _) = h.request_frame(&recipient, &ask);
+    let (_, out) = h.send(&frame);
+    assert_eq!(error_code(&out), Some(Code::ContextLimit));
+
+    let (frame, client) = h.request_frame(&recipient, &session_ask("first"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    h.events(&job, vec![done(0)]);
+    let mut session = client.into_session();
+    let (_, turn) = session.seal_turn(&Ask::new("a very long turn").to_bytes());
+    let (_, mut out) = h.send(&turn);
+    let job = submitted(&mut out).unwrap();
+    let out = h.events(
+        &job,
+        vec![InferenceEvent::Failed(InferenceFailure::ContextLimit {
+            limit: 100,
+        })],
+    );
+    match &received(&out).frames[0] {
+        Frame::Error { code, message } => {
+            assert_eq!(*code, Code::ContextLimit);
+            assert!(message.contains("100 tokens"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing was computed: the session goes on.
+    let (_, turn) = session.seal_turn(&Ask::new("short").to_bytes());
+    let (_, mut out) = h.send(&turn);
+    assert!(submitted(&mut out).is_some());
+}
+
+#[test]
+fn an_evicted_conversation_ends_its_session() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let (frame, client) = h.request_frame(&recipient, &session_ask("first"));
+    let (_, mut out) = h.send(&frame);
+    let job = submitted(&mut out).unwrap();
+    h.events(&job, vec![done(0)]);
+    h.core.conversation_evicted(job.conversation);
+    let mut session = client.into_session();
+    let (_, turn) = session.seal_turn(&Ask::new("again").to_bytes());
+    let (_, out) = h.send(&turn);
+    assert_eq!(error_code(&out), Some(Code::UnknownSession));
+    let health: serde_json::Value = serde_json::from_str(&h.core.health(h.now)).unwrap();
+    assert_eq!(health["evicted_sessions"], 1);
+}
+
+#[test]
 fn busy_and_failed_jobs_are_refused_with_their_codes() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
@@ -354,7 +505,7 @@ fn busy_and_failed_jobs_are_refused_with_their_codes() {
     assert_eq!(error_code(&out), Some(Code::Busy));
     assert!(received(&out).closed);
 
-    let (frame, _) = h.request_frame(&recipient, &Ask::new("q2"));
+    let (frame, _) = h.request_frame(&recipient, &session_ask("q2"));
     let (_, mut out) = h.send(&frame);
     let job = submitted(&mut out).unwrap();
     let out = h.events(
@@ -397,7 +548,7 @@ fn bad_questions_are_refused_naming_the_field_never_the_value() {
 fn a_stream_that_goes_away_cancels_its_job_and_late_events_are_dropped() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
-    let (frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    let (frame, _) = h.request_frame(&recipient, &session_ask("q"));
     let (stream, mut out) = h.send(&frame);
     let job = submitted(&mut out).unwrap();
     h.core.closed(stream);
@@ -412,11 +563,11 @@ fn a_stream_that_goes_away_cancels_its_job_and_late_events_are_dropped() {
 #[test]
 fn framing_errors_unexpected_frames_and_unknown_keys_have_their_codes() {
     let mut h = harness(ServeConfig::default());
-    let s = h.core.accept();
+    let s = h.core.accept(h.now);
     h.core.receive(s, &[0x42], h.now);
     assert_eq!(error_code(&h.drain()), Some(Code::UnknownFrame));
 
-    let s = h.core.accept();
+    let s = h.core.accept(h.now);
     h.core
         .receive(s, &Frame::Attest { nonce: None }.encode()[..3], h.now);
     h.core.finish(s);

@@ -38,14 +38,16 @@ fn a_three_turn_chat_matches_the_model_in_process() {
         .map(|a| format!("{a}\n"))
         .collect();
     assert_eq!(stdout(&out), want);
+    // At the end of the chat the client closed its session: nothing is left in the enclave.
     let h = stack.health();
     assert_eq!(
         (
             h["requests"].as_u64(),
             h["turns"].as_u64(),
-            h["sessions"].as_u64()
+            h["sessions"].as_u64(),
+            h["closed_sessions"].as_u64(),
         ),
-        (Some(1), Some(2), Some(1))
+        (Some(1), Some(2), Some(0), Some(1))
     );
 }
 

@@ -2,9 +2,10 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use confidant_client::remote::{self, Attested};
-use confidant_client::{Client, RemoteError, Trust, TrustConfig};
+use confidant_client::{Client, RemoteError, Timeouts, Trust, TrustConfig};
 use confidant_protocol::keyconfig::decode_list;
 use confidant_protocol::message::Ask;
 use confidant_protocol::session::ClientSession;
@@ -44,6 +45,12 @@ pub struct TrustArgs {
     /// Accept an enclave in debug mode (PCR0 all zeros).
     #[arg(long)]
     pub allow_debug: bool,
+    /// Seconds to wait for the relay's QUIC connection.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Seconds an exchange (a question and its whole answer) may take, however the bytes trickle in.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub timeout: u64,
 }
 
 impl TrustArgs {
@@ -65,7 +72,12 @@ impl TrustArgs {
             .trust()
             .map_err(|e| RemoteError::Setup(e.to_string()))?;
         progress("connecting to the relay");
-        Client::connect(&self.relay, self.relay_ca.as_deref(), trust).await
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(self.connect_timeout.max(1)),
+            exchange: Duration::from_secs(self.timeout.max(1)),
+            ..Timeouts::default()
+        };
+        Client::connect(&self.relay, self.relay_ca.as_deref(), trust, timeouts).await
     }
 }
 
@@ -98,8 +110,10 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    fn ask(&self, prompt: String) -> Ask {
+    /// A question; `session` asks the enclave to keep the conversation for follow-up turns.
+    fn ask(&self, prompt: String, session: bool) -> Ask {
         Ask {
+            session,
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
@@ -268,7 +282,8 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
     if question.trim().is_empty() {
         return Err(CliError::Invalid("the question is empty".into()));
     }
-    let request = args.generation.ask(question);
+    // A one-shot question: the enclave keeps nothing once it has answered.
+    let request = args.generation.ask(question, false);
     runtime()?.block_on(async {
         let mut client = match args.trust.connect().await {
             Ok(c) => c,
@@ -345,12 +360,15 @@ pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
                 "" => continue,
                 "/quit" => break,
                 "/reset" => {
-                    session = None;
+                    if let Some(mut s) = session.take() {
+                        // Best effort: the enclave would expire it anyway.
+                        let _ = client.close_session(&mut s).await;
+                    }
                     continue;
                 }
                 _ => {}
             }
-            let request = args.generation.ask(line);
+            let request = args.generation.ask(line, true);
             let mut sink = remote::stdout_sink();
             let result = match session.as_mut() {
                 Some(s) => client.turn(s, &request, &mut sink).await.map(|_| None),
@@ -373,6 +391,9 @@ pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
                     }
                 }
             }
+        }
+        if let Some(mut s) = session.take() {
+            let _ = client.close_session(&mut s).await;
         }
         client.close();
         Ok(exit::VALID)

@@ -146,6 +146,8 @@ fn user_data(v: &Value, cases: &mut Vec<CaseResult>) -> R<()> {
             _ => Some(digest(u, "settings")?),
         };
         let ud = UserData {
+            dtype: None,
+            limits: None,
             kc: digest(u, "kc")?,
             model: digest(u, "model")?,
             settings,
