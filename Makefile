@@ -17,11 +17,11 @@ export LIBTORCH_CXX11_ABI := 1
 unexport LIBTORCH_USE_PYTORCH
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
-.PHONY: all demo test deps fmt lint unit conformance no-openssl layout bench bench-verifier bench-protocol bench-model bench-boot vectors clean
+.PHONY: all demo test deps fmt lint unit conformance no-openssl layout fuzz load bench bench-verifier bench-protocol bench-model bench-boot vectors clean
 
 # Every binary: the client, the relay, the enclave image's binary, the operator's and the model's tools,
-# and the test KMS gate.
-BINS := -p confidant-client -p confidant-relay -p confidant-enclave -p confidant-ops -p confidant-model -p confidant-kms-gate
+# and the test-only KMS gate and load generator.
+BINS := -p confidant-client -p confidant-relay -p confidant-enclave -p confidant-ops -p confidant-model -p confidant-kms-gate -p confidant-load
 
 all: test
 
@@ -110,6 +110,24 @@ bench-model: deps
 bench-boot: deps
 	$(CARGO) build --release $(BINS)
 	scripts/bench_boot.sh
+
+# CLIENTS (200) concurrent clients through a local stack, every answer checked (scripts/load.sh).
+load: deps
+	$(CARGO) build --release $(BINS)
+	scripts/load.sh
+
+# Each cargo-fuzz target for FUZZ_SECS seconds (libFuzzer; RUSTC_BOOTSTRAP lets stable build it).
+# New inputs land in fuzz/corpus/<target>/; crashes in fuzz/artifacts/. `make test` replays the
+# committed corpora (testing/fuzz-targets/tests/corpus.rs).
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := attestation frame request session key_configs user_data ask link cms sealed_settings
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 2>&1 \
+			| grep -E '^(Done|==|SUMMARY|INFO: Running)' || exit 1; done
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run differential corpus/attestation -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 2>&1 \
+		| grep -E '^(Done|==|SUMMARY)'
 
 # Regenerates the synthetic attestation vectors (new keys each time; commit the result).
 vectors:

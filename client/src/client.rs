@@ -75,7 +75,7 @@ impl Client {
     pub async fn ask(
         &mut self,
         ask: &Ask,
-        out: &mut dyn FnMut(&str),
+        out: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(Answer, ClientRequest), RemoteError> {
         self.attested().await?;
         let first = match &self.attested {
@@ -107,8 +107,11 @@ impl Client {
         &self,
         session: &mut ClientSession,
         ask: &Ask,
-        out: &mut dyn FnMut(&str),
+        out: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer, RemoteError> {
+        if let Some(a) = &self.attested {
+            remote::check_limits(a, ask)?;
+        }
         remote::turn(&self.relay, session, ask, out).await
     }
 

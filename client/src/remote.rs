@@ -37,6 +37,8 @@ pub enum RemoteError {
     BadTrailer(String),
     #[error("the exchange did not complete within {} s (--timeout)", .0.as_secs())]
     Timeout(std::time::Duration),
+    #[error("{message} (checked before sending)")]
+    Limit { code: Code, message: String },
 }
 
 /// A code to print: from the wire registry, or the verifier's for a rejected document.
@@ -69,6 +71,7 @@ impl RemoteError {
             RemoteError::BadChunk => Code::BadChunk,
             RemoteError::BadTrailer(_) => Code::BadTrailer,
             RemoteError::Timeout(_) => Code::Timeout,
+            RemoteError::Limit { code, .. } => *code,
         })
     }
 
@@ -162,7 +165,7 @@ pub struct Answer {
 async fn read_chunks(
     reader: &mut FrameReader,
     opener: &mut ChunkOpener,
-    out: &mut dyn FnMut(&str),
+    out: &mut (dyn FnMut(&str) + Send),
     sent: std::time::Instant,
 ) -> Result<Answer, RemoteError> {
     let mut text = String::new();
@@ -205,13 +208,40 @@ async fn read_chunks(
     }
 }
 
+/// Refuses, before anything is sent, a question the enclave's attested limits would refuse.
+pub fn check_limits(attested: &Attested, ask: &Ask) -> Result<(), RemoteError> {
+    let (Some(limits), Some(max)) = (attested.recipient.user_data.limits, ask.max_tokens) else {
+        return Ok(());
+    };
+    if max == 0 || max > limits.max_new_tokens {
+        return Err(RemoteError::Limit {
+            code: Code::BadRequest,
+            message: format!(
+                "max_tokens {max} is outside the enclave's attested range 1..={}",
+                limits.max_new_tokens
+            ),
+        });
+    }
+    if max >= limits.context_tokens {
+        return Err(RemoteError::Limit {
+            code: Code::ContextLimit,
+            message: format!(
+                "max_tokens {max} leaves no room for the question in the attested context limit of {} tokens",
+                limits.context_tokens
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Sends `ask` as a `REQUEST` and streams the answer; returns the state for follow-up turns.
 pub async fn ask(
     relay: &Relay,
     attested: &Attested,
     ask: &Ask,
-    out: &mut dyn FnMut(&str),
+    out: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(Answer, ClientRequest), RemoteError> {
+    check_limits(attested, ask)?;
     let r = &attested.recipient;
     let (encapsulated, client) = encapsulate(
         &r.config,
@@ -243,7 +273,7 @@ pub async fn turn(
     relay: &Relay,
     session: &mut ClientSession,
     ask: &Ask,
-    out: &mut dyn FnMut(&str),
+    out: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Answer, RemoteError> {
     let (seq, frame) = session.seal_turn(&ask.to_bytes());
     let sent = std::time::Instant::now();

@@ -205,6 +205,8 @@ pub async fn serve(
                     }
                     NetEvent::Data(conn, sub, bytes) => {
                         if let Some(&id) = routes.streams.get(&(conn, sub)) {
+                            // HEALTH reports the engine as it is now.
+                            core.set_engine_status(engine_status(&engine));
                             core.receive(id, &bytes, now);
                         }
                     }

@@ -381,6 +381,7 @@ async fn up(
                     break "stream byte limit";
                 }
                 capture(relay, &buf[..n]);
+                tracing::trace!(bytes = n, "up");
                 if link.send(&buf[..n]).await.is_err() {
                     break "link lost";
                 }
@@ -409,6 +410,7 @@ async fn down(
                     break "stream byte limit";
                 }
                 capture(relay, &data);
+                tracing::trace!(bytes = data.len(), "down");
                 let out = match fault.as_mut() {
                     Some(f) => f.apply(start, &data),
                     None => data,

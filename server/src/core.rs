@@ -437,6 +437,8 @@ impl Core {
     // --- exchanges ---
 
     fn handle(&mut self, stream: StreamId, frame: Frame, now: UnixMillis) {
+        // The frame's type and stream only: never its contents.
+        tracing::debug!(stream = stream.0, frame = frame.name(), "frame");
         let result = match frame {
             Frame::Attest { nonce } => self.attest(stream, nonce, now),
             Frame::Health { .. } => {

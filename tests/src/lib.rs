@@ -135,7 +135,18 @@ pub fn start_enclave(dir: &Path, socket: &Path, extra: &[&str]) -> Proc {
 }
 
 pub fn start_enclave_with(model: &Path, dir: &Path, socket: &Path, extra: &[&str]) -> Proc {
+    start_enclave_env(model, dir, socket, extra, &[])
+}
+
+pub fn start_enclave_env(
+    model: &Path,
+    dir: &Path,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let mut cmd = Command::new(bin("confidant-enclave"));
+    cmd.envs(env.iter().copied());
     cmd.arg("serve")
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
@@ -152,7 +163,17 @@ pub fn start_enclave_with(model: &Path, dir: &Path, socket: &Path, extra: &[&str
 }
 
 pub fn start_relay(dir: &Path, socket: &Path, extra: &[&str]) -> (Proc, String) {
+    start_relay_env(dir, socket, extra, &[])
+}
+
+pub fn start_relay_env(
+    dir: &Path,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let mut cmd = Command::new(bin("confidant-relay"));
+    cmd.envs(env.iter().copied());
     cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
         .arg(format!("unix:{}", socket.display()))
         .arg("--self-signed")
@@ -175,10 +196,20 @@ impl Stack {
     }
 
     pub fn with_model(model: &Path, enclave_extra: &[&str], relay_extra: &[&str]) -> Stack {
+        Self::launch(model, enclave_extra, relay_extra, &[])
+    }
+
+    /// Both processes with `env` added to their environment (e.g. `RUST_LOG`).
+    pub fn launch(
+        model: &Path,
+        enclave_extra: &[&str],
+        relay_extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("enclave.sock");
-        let enclave = start_enclave_with(model, dir.path(), &socket, enclave_extra);
-        let (relay, relay_addr) = start_relay(dir.path(), &socket, relay_extra);
+        let enclave = start_enclave_env(model, dir.path(), &socket, enclave_extra, env);
+        let (relay, relay_addr) = start_relay_env(dir.path(), &socket, relay_extra, env);
         Stack {
             dir,
             enclave: Some(enclave),
@@ -231,6 +262,16 @@ impl Stack {
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+/// Peak resident set of a process (`VmHWM`), MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -242,3 +242,44 @@ fn fifty_concurrent_clients_get_fifty_correct_answers() {
     }
     assert_eq!(stack.health()["requests"], 50);
 }
+
+#[test]
+fn the_load_generator_with_twenty_clients_loses_and_mixes_up_nothing() {
+    let stack = Stack::new(&[], &[]);
+    let questions = [
+        "What is a copay?",
+        "What is a deductible?",
+        "Who sees my records?",
+        "What is an HSA?",
+    ];
+    let expect: serde_json::Map<String, serde_json::Value> = questions
+        .iter()
+        .map(|q| (q.to_string(), expected("", &[q], 8)[0].clone().into()))
+        .collect();
+    let file = stack.dir.path().join("expect.json");
+    std::fs::write(&file, serde_json::Value::Object(expect).to_string()).unwrap();
+    let out = Command::new(bin("confidant-load"))
+        .args(["--relay", &stack.relay_addr, "--relay-ca"])
+        .arg(stack.dir.path().join("relay-tls/cert.pem"))
+        .args(stack.trusted())
+        .args(["--clients", "20", "--questions", "2", "--max-tokens", "8"])
+        .arg("--expect")
+        .arg(&file)
+        .args([
+            "--enclave-pid",
+            &stack.enclave.as_ref().unwrap().child.id().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["answered_ok"], 40, "{report}");
+    assert_eq!(report["mismatched"], 0, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert!(report["ttft_ms_p50"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["enclave_peak_rss_mib"].as_f64().unwrap() > 50.0,
+        "{report}"
+    );
+}

@@ -296,7 +296,7 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
         progress("waiting for the first token");
         let mut sink = remote::stdout_sink();
         let mut quiet = |_: &str| {};
-        let out: &mut dyn FnMut(&str) = if args.json { &mut quiet } else { &mut sink };
+        let out: &mut (dyn FnMut(&str) + Send) = if args.json { &mut quiet } else { &mut sink };
         let result = client.ask(&request, out).await;
         client.close();
         match result {

@@ -42,6 +42,21 @@ enum Command {
     /// Time a whole answer in process (the baseline of the end-to-end overhead); one JSON object.
     #[command(hide = true)]
     BenchGenerate(bench::GenerateBenchArgs),
+    /// Answer questions in process, greedily, as the enclave would answer one-shot questions; prints
+    /// one JSON object, question → answer (what `confidant-load --expect` takes).
+    Answer {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// The sealed system prompt, if the enclave has one.
+        #[arg(long, default_value = "")]
+        system: String,
+        #[arg(long, default_value_t = 16)]
+        max_tokens: usize,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
+        #[arg(value_name = "QUESTION", required = true)]
+        questions: Vec<String>,
+    },
     /// Write the local default's model: a BPE tokenizer trained on shipped text and a random-weight
     /// BLOOM of matching vocabulary, deterministic from the seed.
     DemoModel {
@@ -50,6 +65,46 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+}
+
+fn answer(
+    model: &std::path::Path,
+    system: &str,
+    max_tokens: usize,
+    dtype: Dtype,
+    questions: &[String],
+) -> Result<u8, String> {
+    use confidant_model::generate::{generate, Conversation, GenerateParams};
+    use confidant_model::template::ChatTemplate;
+    let m = confidant_model::LoadedModel::load(model, dtype).map_err(|e| e.to_string())?;
+    let template = ChatTemplate::new(system);
+    let params = GenerateParams {
+        max_new_tokens: max_tokens,
+        stop: ChatTemplate::stop_strings(),
+        ..Default::default()
+    };
+    let mut out = serde_json::Map::new();
+    for q in questions {
+        let ids = m.turn_ids(&template, q, true).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        let mut conversation = Conversation::new(&m.model);
+        generate(
+            &m.model,
+            &m.tokenizer,
+            &mut conversation,
+            &ids,
+            &params,
+            m.eos,
+            &mut |piece| {
+                text.push_str(piece);
+                true
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        out.insert(q.clone(), text.into());
+    }
+    println!("{}", serde_json::Value::Object(out));
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -62,6 +117,13 @@ fn main() -> ExitCode {
         } => check::run(&model, &reference, dtype),
         Command::Bench(args) => bench::run(&args),
         Command::BenchGenerate(args) => bench::run_generate(&args),
+        Command::Answer {
+            model,
+            system,
+            max_tokens,
+            dtype,
+            questions,
+        } => answer(&model, &system, max_tokens, dtype, &questions),
         Command::DemoModel { out, seed } => {
             let spec = confidant_model::demo::DemoSpec {
                 seed,
