@@ -8,6 +8,7 @@
 //! public_key = "…hex…"   # optional
 //! model_digest = "…64 hex digits…"     # optional; attest/ask/chat check it in user_data
 //! settings_digest = "…64 hex digits…"  # optional; the sealed settings' digest
+//! dtype = "int8"                      # optional; the inference dtype the enclave must attest
 //! [pcrs]
 //! 0 = "…96 hex digits…"
 //! 8 = "…"
@@ -34,6 +35,8 @@ pub struct PolicyFile {
     pub model_digest: Option<String>,
     /// The sealed settings' digest the enclave must attest (attest, ask, chat).
     pub settings_digest: Option<String>,
+    /// The inference dtype the enclave must attest (attest, ask, chat): f32, bf16 or int8.
+    pub dtype: Option<String>,
     #[serde(default)]
     pub pcrs: BTreeMap<String, String>,
 }

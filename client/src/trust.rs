@@ -24,6 +24,8 @@ pub struct TrustConfig {
     pub model_digest: Option<String>,
     /// Settings digest (hex) the enclave must attest.
     pub settings_digest: Option<String>,
+    /// Inference dtype (`f32`, `bf16`, `int8`) the enclave must attest.
+    pub dtype: Option<String>,
     /// Maximum age of a fetched document, seconds.
     pub max_age: Option<u64>,
     pub allow_debug: bool,
@@ -35,6 +37,7 @@ pub struct Trust {
     pub policy: Policy,
     pub model: Option<[u8; 32]>,
     pub settings: Option<[u8; 32]>,
+    pub dtype: Option<String>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -83,7 +86,16 @@ impl Trust {
         };
         let model = config.model_digest.clone().or(file.model_digest);
         let settings = config.settings_digest.clone().or(file.settings_digest);
+        let dtype = config.dtype.clone().or(file.dtype);
+        if let Some(d) = &dtype {
+            if !matches!(d.as_str(), "f32" | "bf16" | "int8") {
+                return Err(SetupError::Invalid(format!(
+                    "--dtype: {d:?} is not one of f32, bf16, int8"
+                )));
+            }
+        }
         Ok(Trust {
+            dtype,
             verifier,
             policy,
             model: digest_arg("--model-digest", &model)?,
@@ -95,6 +107,7 @@ impl Trust {
         Expectations {
             model: self.model,
             settings: self.settings,
+            dtype: self.dtype.clone(),
             now,
         }
     }

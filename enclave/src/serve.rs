@@ -45,9 +45,9 @@ pub struct ServeArgs {
     /// Lifetime of each key generation, in seconds (the previous one is honoured 5 more minutes).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     key_ttl: u64,
-    /// libtorch intra-op threads.
+    /// Threads the model runs on [default: all cores].
     #[arg(long)]
-    threads: Option<i32>,
+    threads: Option<usize>,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
     /// Chat sessions: idle lifetime in seconds.
@@ -59,6 +59,13 @@ pub struct ServeArgs {
     /// Answers admitted at once (running and waiting) before new ones are refused as busy.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Answers generated together: each decoding step runs all of them.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Prompt tokens run per step over all starting questions: bounds how long one step, and so
+    /// each running answer's next token, can be delayed by a long question.
+    #[arg(long, value_name = "TOKENS", default_value_t = 256)]
+    prefill_chunk: usize,
     /// Memory for all KV caches together, MiB. The default fits a 6 GiB enclave with f32
     /// bloom-560m (docs/deploy.md has the arithmetic).
     #[arg(long, value_name = "MIB", default_value_t = 1536)]
@@ -149,9 +156,13 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
         EngineConfig {
             capacity: args.queue,
             threads: args.threads,
-            template,
-            context_tokens: config.context_tokens as usize,
-            kv_budget_bytes: args.kv_budget_mib.saturating_mul(1 << 20),
+            max_batch: args.max_batch,
+            prefill_chunk: args.prefill_chunk,
+            ..EngineConfig::new(
+                template,
+                config.context_tokens as usize,
+                args.kv_budget_mib.saturating_mul(1 << 20),
+            )
         },
         Box::new(move |e| {
             let _ = events_tx.send(shell::notice(e));

@@ -1,26 +1,42 @@
 //! The inference engine: one dedicated OS thread owns the model and every conversation's KV cache, so
-//! the async server never blocks on libtorch. It takes commands (submit a turn, cancel one, forget a
+//! the async server never blocks on the model. It takes commands (submit a turn, cancel one, forget a
 //! conversation) and reports events (text, done, failed, evicted) through a sink.
 //!
-//! What it guarantees:
+//! **Continuous batching.** The thread runs the model one step at a time for every running answer
+//! together: each decoding sequence brings its next token, and prompts waiting to start bring a
+//! chunk of theirs (at most [`EngineConfig::prefill_chunk`] tokens a step, shared oldest first), so a
+//! long prompt delays the running answers by a bounded time and the weights are streamed once per
+//! step however many sequences ride on it. A new job joins between steps; a finished or cancelled
+//! one leaves at once. Every running sequence advances every step, and jobs start in the order they
+//! came: none starves.
+//!
+//! **A shared system prompt.** The system prompt's keys and values are computed once, at spawn;
+//! every new conversation starts after them, reading them in place.
+//!
+//! What it guarantees besides:
 //! - **Bounded work.** Admission is bounded in jobs (a full engine refuses at once), and each job is
 //!   checked against the context limit (conversation so far + prompt + answer tokens) after
 //!   tokenizing and before any model work.
 //! - **Bounded memory.** All KV caches live within one budget. A job reserves its worst case (its
-//!   conversation grown to prompt + answer); when the budget is short, idle conversations are evicted
-//!   oldest first (reported, so their sessions end), and only then is the job refused as busy.
-//! - **Survival.** A job that panics or fails to allocate fails alone; the thread goes on.
+//!   conversation grown to prompt + answer) when it starts; when the budget is short, idle
+//!   conversations are evicted oldest first (reported, so their sessions end), and only then is the
+//!   job refused as busy. The reservation is real memory, taken when the job starts: a failed
+//!   allocation fails that job.
+//! - **Survival.** A sequence that fails (no memory, a failure in its attention) fails alone; a step
+//!   that panics fails the sequences in it, and the thread goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use zeroize::Zeroizing;
 
-use crate::generate::{generate, Conversation, Finish, GenerateParams, Outcome};
+use crate::bloom::{Scratch, Segment};
+use crate::cache::{KvCache, Prefix};
+use crate::generate::{Conversation, Finish, GenerateParams, Generation, Outcome};
 use crate::template::ChatTemplate;
 use crate::{LoadedModel, ModelError};
 
@@ -57,7 +73,8 @@ impl std::fmt::Debug for Job {
 /// Why a job failed. The detail of a model failure stays inside the enclave (it may name token ids).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// A later turn for a conversation the engine does not hold (forgotten, evicted, never begun).
+    /// A later turn for a conversation the engine does not hold (forgotten, evicted, never begun,
+    /// or answering another turn right now).
     UnknownConversation,
     /// The conversation with this prompt and answer would exceed the context limit.
     ContextLimit { limit: usize },
@@ -87,13 +104,33 @@ pub struct Busy;
 pub struct EngineConfig {
     /// Jobs admitted at once (running and waiting); more are refused with [`Busy`].
     pub capacity: usize,
-    /// libtorch intra-op threads.
-    pub threads: Option<i32>,
+    /// Threads for the model [default: all cores].
+    pub threads: Option<usize>,
     pub template: ChatTemplate,
     /// Tokens a conversation may hold: system prompt, every turn and every answer.
     pub context_tokens: usize,
-    /// Bytes all KV caches together may take.
+    /// Bytes all KV caches together may take (the shared system prompt's included).
     pub kv_budget_bytes: u64,
+    /// Sequences answered together (one decoding step runs all of them).
+    pub max_batch: usize,
+    /// Prompt tokens run per step, over all starting prompts: bounds how long a step (and so each
+    /// running answer's next token) can take.
+    pub prefill_chunk: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for what is not given.
+    pub fn new(template: ChatTemplate, context_tokens: usize, kv_budget_bytes: u64) -> Self {
+        EngineConfig {
+            capacity: 64,
+            threads: None,
+            template,
+            context_tokens,
+            kv_budget_bytes,
+            max_batch: 16,
+            prefill_chunk: 256,
+        }
+    }
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -103,6 +140,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("threads", &self.threads)
             .field("context_tokens", &self.context_tokens)
             .field("kv_budget_bytes", &self.kv_budget_bytes)
+            .field("max_batch", &self.max_batch)
+            .field("prefill_chunk", &self.prefill_chunk)
             .finish_non_exhaustive()
     }
 }
@@ -113,11 +152,15 @@ pub struct EngineStats {
     pub alive: AtomicBool,
     /// Jobs admitted and not finished.
     pub jobs: AtomicUsize,
+    /// Sequences in the running batch.
+    pub running: AtomicUsize,
     pub kv_bytes: AtomicU64,
     pub kv_budget_bytes: AtomicU64,
     pub conversations: AtomicUsize,
     pub failed_jobs: AtomicU64,
     pub evictions: AtomicU64,
+    /// Model steps run since boot.
+    pub steps: AtomicU64,
 }
 
 enum Command {
@@ -139,40 +182,58 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread, which takes the model.
+    /// Runs the system prompt, then starts the engine thread, which takes the model.
     pub fn spawn(
-        model: LoadedModel,
+        mut model: LoadedModel,
         config: EngineConfig,
         sink: Sink,
     ) -> Result<Engine, ModelError> {
+        if config.max_batch == 0 || config.prefill_chunk == 0 {
+            return Err(ModelError::Input(
+                "max_batch and prefill_chunk must be at least 1".into(),
+            ));
+        }
+        if let Some(t) = config.threads {
+            model.model.set_threads(t.max(1));
+        }
+        let bytes_per_token = model.model.kv_bytes_per_token();
+        let prefix = system_prefix(&model, &config.template)?;
+        let prefix_bytes = prefix.as_ref().map_or(0, |p| p.bytes());
+        let prefix_len = prefix.as_ref().map_or(0, |p| p.len());
+        if prefix_bytes > config.kv_budget_bytes || prefix_len >= config.context_tokens {
+            return Err(ModelError::Input(
+                "the system prompt does not fit the KV budget or the context limit".into(),
+            ));
+        }
         let (tx, rx) = channel();
         let stats = Arc::new(EngineStats::default());
         stats.alive.store(true, Ordering::Release);
         stats
             .kv_budget_bytes
             .store(config.kv_budget_bytes, Ordering::Release);
+        stats.kv_bytes.store(prefix_bytes, Ordering::Release);
         let worker = Worker {
-            bytes_per_token: model.model.kv_bytes_per_token(),
-            template: config.template,
+            bytes_per_token,
             context_tokens: config.context_tokens,
             budget: config.kv_budget_bytes,
-            used: 0,
+            used: prefix_bytes,
+            max_batch: config.max_batch,
+            prefill_chunk: config.prefill_chunk,
+            prefix,
             model,
             rx,
             sink,
             stats: stats.clone(),
             waiting: VecDeque::new(),
+            running: Vec::new(),
             conversations: HashMap::new(),
             clock: 0,
+            scratch: Scratch::default(),
         };
-        let threads = config.threads;
         let alive = stats.clone();
         let thread = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
-                if let Some(t) = threads {
-                    tch::set_num_threads(t);
-                }
                 worker.run();
                 alive.alive.store(false, Ordering::Release);
             })
@@ -235,6 +296,20 @@ impl Drop for Engine {
     }
 }
 
+/// The system prompt's keys and values, computed once (none without a system prompt).
+fn system_prefix(
+    model: &LoadedModel,
+    template: &ChatTemplate,
+) -> Result<Option<Arc<Prefix>>, ModelError> {
+    if template.system_prefix().is_empty() {
+        return Ok(None);
+    }
+    let tokens = Zeroizing::new(model.tokenizer.encode(template.system_prefix())?);
+    let mut cache = model.model.new_cache();
+    model.model.forward(&tokens, &mut cache)?;
+    Ok(Some(Arc::new(cache.into_prefix(tokens.to_vec())?)))
+}
+
 /// A conversation the engine holds between turns.
 struct Held {
     conversation: Conversation,
@@ -244,60 +319,97 @@ struct Held {
     last_used: u64,
 }
 
+/// A job in the running batch.
+struct Running {
+    id: JobId,
+    conversation_id: ConversationId,
+    keep: bool,
+    conversation: Conversation,
+    /// Tokens to run before the next sampling: the rest of the prompt, or the last sampled token.
+    feed: Vec<i64>,
+    generation: Generation,
+    prompt_tokens: usize,
+    /// Bytes reserved in the budget (its worst case).
+    reserved: u64,
+    /// Tokens this sequence runs in the current step.
+    now: usize,
+}
+
 /// The engine thread's state.
 struct Worker {
     model: LoadedModel,
-    template: ChatTemplate,
     context_tokens: usize,
     bytes_per_token: u64,
     budget: u64,
-    /// Bytes held by idle conversations and reserved by the running job.
+    /// Bytes held by the system prompt, idle conversations and the running jobs' reservations.
     used: u64,
+    max_batch: usize,
+    prefill_chunk: usize,
+    prefix: Option<Arc<Prefix>>,
     rx: Receiver<Command>,
     sink: Sink,
     stats: Arc<EngineStats>,
     waiting: VecDeque<Job>,
+    running: Vec<Running>,
     conversations: HashMap<ConversationId, Held>,
     clock: u64,
+    scratch: Scratch,
 }
 
 impl Worker {
     fn run(mut self) {
-        loop {
-            if self.waiting.is_empty() {
-                match self.rx.recv() {
+        let mut open = true;
+        while open || !self.waiting.is_empty() || !self.running.is_empty() {
+            // Idle: wait for a command. Busy: take what arrived, between steps.
+            if self.waiting.is_empty() && self.running.is_empty() {
+                match self.rx.recv_timeout(std::time::Duration::from_secs(3600)) {
                     Ok(c) => self.apply(c),
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             loop {
                 match self.rx.try_recv() {
                     Ok(c) => self.apply(c),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) if self.waiting.is_empty() => return,
-                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
             }
-            if let Some(job) = self.waiting.pop_front() {
-                self.answer(job);
+            while self.running.len() < self.max_batch {
+                let Some(job) = self.waiting.pop_front() else {
+                    break;
+                };
+                self.start(job);
+            }
+            if !self.running.is_empty() {
+                self.step();
             }
         }
     }
 
-    /// Applies a command that arrived while no job runs.
     fn apply(&mut self, command: Command) {
         match command {
             Command::Submit(job) => self.waiting.push_back(job),
-            Command::Cancel(id) => self.cancel_waiting(id),
+            Command::Cancel(id) => self.cancel(id),
             Command::Forget(c) => self.forget(c),
         }
     }
 
-    fn cancel_waiting(&mut self, id: JobId) {
+    /// A cancelled job leaves at once and reports nothing more.
+    fn cancel(&mut self, id: JobId) {
         let before = self.waiting.len();
         self.waiting.retain(|j| j.id != id);
         if self.waiting.len() < before {
             self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(i) = self.running.iter().position(|r| r.id == id) {
+            let r = self.running.swap_remove(i);
+            self.used -= r.reserved;
+            self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
+            self.publish();
         }
     }
 
@@ -313,6 +425,9 @@ impl Worker {
         self.stats
             .conversations
             .store(self.conversations.len(), Ordering::Release);
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Release);
     }
 
     /// Makes room for `need` more bytes by evicting idle conversations oldest first. Returns whether
@@ -332,7 +447,8 @@ impl Worker {
         true
     }
 
-    fn answer(&mut self, job: Job) {
+    /// Checks a job and moves it into the running batch (or fails it).
+    fn start(&mut self, job: Job) {
         let Job {
             id,
             conversation: cid,
@@ -344,16 +460,15 @@ impl Worker {
         self.clock += 1;
         params.stop = ChatTemplate::stop_strings();
         let (mut conversation, held_bytes) = if first_turn {
-            (Conversation::new(&self.model.model), 0)
+            let cache = match &self.prefix {
+                Some(p) => KvCache::with_prefix(p.clone()),
+                None => self.model.model.new_cache(),
+            };
+            (Conversation::with_cache(cache), 0)
         } else {
             match self.conversations.remove(&cid) {
                 Some(h) => (h.conversation, h.bytes),
-                None => {
-                    return self.finish(Event::Failed {
-                        job: id,
-                        failure: Failure::UnknownConversation,
-                    })
-                }
+                None => return self.fail(id, Failure::UnknownConversation),
             }
         };
         // Put a continued conversation back unchanged when the job cannot run (its bytes are still
@@ -370,127 +485,207 @@ impl Worker {
                 );
             }
         };
-        // Tokenize, then check the context limit: no model work yet.
-        let ids = match self.model.turn_ids(&self.template, &text, first_turn) {
+        // Tokenize (the system prompt is in the prefix already), then check the context limit: no
+        // model work yet.
+        let ids = match self
+            .model
+            .tokenizer
+            .encode(&ChatTemplate::turn(&text, first_turn))
+        {
             Ok(ids) => ids,
             Err(e) => {
                 restore(self, conversation);
-                return self.finish(Event::Failed {
-                    job: id,
-                    failure: Failure::Model(e.to_string()),
-                });
+                return self.fail(id, Failure::Model(e.to_string()));
             }
         };
         drop(text);
+        let generation = match Generation::new(&params, self.model.eos) {
+            Ok(g) => g,
+            Err(e) => {
+                restore(self, conversation);
+                return self.fail(id, Failure::Model(e.to_string()));
+            }
+        };
         let total = conversation.len() + ids.len() + params.max_new_tokens;
         if total > self.context_tokens {
             restore(self, conversation);
-            return self.finish(Event::Failed {
-                job: id,
-                failure: Failure::ContextLimit {
+            return self.fail(
+                id,
+                Failure::ContextLimit {
                     limit: self.context_tokens,
                 },
-            });
+            );
         }
-        // Reserve the worst case; the conversation's own bytes are part of it already.
-        let reserve = total as u64 * self.bytes_per_token;
+        // Reserve the worst case of its own positions; the conversation's bytes are part of it.
+        let own_total = total - conversation.cache.prefix_len();
+        let reserve = own_total as u64 * self.bytes_per_token;
         let need = reserve.saturating_sub(held_bytes);
         if !self.make_room(need) {
             restore(self, conversation);
-            return self.finish(Event::Failed {
-                job: id,
-                failure: Failure::Busy,
-            });
+            return self.fail(id, Failure::Busy);
+        }
+        let more = ids.len() + params.max_new_tokens + conversation.unfed_len();
+        if let Err(e) = conversation.cache.reserve(more) {
+            restore(self, conversation);
+            self.stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
+            return self.fail(id, Failure::Model(e.to_string()));
         }
         self.used += need;
+        let mut feed = conversation.take_unfed();
+        feed.extend_from_slice(&ids);
+        self.running.push(Running {
+            id,
+            conversation_id: cid,
+            keep,
+            conversation,
+            feed,
+            generation,
+            prompt_tokens: ids.len(),
+            reserved: reserve,
+            now: 0,
+        });
         self.publish();
+    }
 
-        let result = self.generate(id, &mut conversation, &ids, &params);
-        self.used -= reserve;
-        match result {
-            Ok(outcome) if outcome.finish == Finish::Cancelled => {
-                self.stats.jobs.fetch_sub(1, Ordering::AcqRel);
-                self.publish();
-            }
-            Ok(outcome) => {
-                if keep {
-                    let bytes = conversation.len() as u64 * self.bytes_per_token;
-                    self.used += bytes;
-                    self.conversations.insert(
-                        cid,
-                        Held {
-                            conversation,
-                            bytes,
-                            last_used: self.clock,
-                        },
-                    );
-                }
-                self.finish(Event::Done { job: id, outcome });
-            }
-            Err(detail) => {
-                self.stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
-                self.finish(Event::Failed {
-                    job: id,
-                    failure: Failure::Model(detail),
+    /// One model step for the running batch, then sampling and streaming for each sequence.
+    fn step(&mut self) {
+        // Decoding sequences bring their token; starting prompts share the chunk, oldest first
+        // (the batch keeps arrival order).
+        let mut budget = self.prefill_chunk;
+        for r in &mut self.running {
+            r.now = if r.feed.len() == 1 {
+                1
+            } else {
+                let n = r.feed.len().min(budget);
+                budget -= n;
+                n
+            };
+        }
+        let model = &self.model.model;
+        let scratch = &mut self.scratch;
+        let running = &mut self.running;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut segments: Vec<Segment<'_>> = running
+                .iter_mut()
+                .filter(|r| r.now > 0)
+                .map(|r| Segment {
+                    logits: r.now == r.feed.len(),
+                    tokens: &r.feed[..r.now],
+                    cache: &mut r.conversation.cache,
+                })
+                .collect();
+            let mut out = model.step(&mut segments, scratch);
+            let mut results = Vec::with_capacity(segments.len());
+            for i in 0..segments.len() {
+                results.push(match out.take_failure(i) {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(out.result(i).ok().flatten().map(|l| l.to_vec())),
                 });
+            }
+            results
+        }));
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let mut results = match result {
+            Ok(r) => r.into_iter(),
+            Err(_) => {
+                // The step panicked: every sequence in it is suspect.
+                let ids: Vec<JobId> = self
+                    .running
+                    .iter()
+                    .filter(|r| r.now > 0)
+                    .map(|r| r.id)
+                    .collect();
+                for id in ids {
+                    self.finish_failed(id, "the model panicked".into());
+                }
+                return;
+            }
+        };
+        let mut done = Vec::new();
+        for i in 0..self.running.len() {
+            if self.running[i].now == 0 {
+                continue;
+            }
+            let r = &mut self.running[i];
+            let Some(result) = results.next() else { break };
+            match result {
+                Err(detail) => done.push((r.id, Err(detail))),
+                Ok(None) => {
+                    // A prompt chunk: the rest of the prompt waits for the next step.
+                    r.feed.drain(..r.now);
+                }
+                Ok(Some(logits)) => {
+                    r.feed.clear();
+                    let advance = r.generation.advance(&logits, &self.model.tokenizer);
+                    match advance {
+                        Err(e) => done.push((r.id, Err(e.to_string()))),
+                        Ok(a) => {
+                            if let Some(text) = a.text {
+                                (self.sink)(Event::Text { job: r.id, text });
+                            }
+                            match a.finish {
+                                Some(f) => done.push((r.id, Ok(f))),
+                                None => r.feed.extend(r.generation.next()),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (id, end) in done {
+            match end {
+                Ok(finish) => self.finish_done(id, finish),
+                Err(detail) => self.finish_failed(id, detail),
             }
         }
     }
 
-    /// Runs the model for one job, catching panics (libtorch reports an allocation failure as a
-    /// panic in the non-`f_` API): the job fails, the engine goes on.
-    fn generate(
-        &mut self,
-        id: JobId,
-        conversation: &mut Conversation,
-        ids: &[i64],
-        params: &GenerateParams,
-    ) -> Result<Outcome, String> {
-        let mut cancelled = false;
-        let (rx, sink, waiting, stats) = (&self.rx, &mut self.sink, &mut self.waiting, &self.stats);
-        let mut forgotten = Vec::new();
-        let mut on_text = |piece: &str| {
-            sink(Event::Text {
-                job: id,
-                text: piece.to_string(),
-            });
-            // Commands that arrived meanwhile: a cancel of this job stops it.
-            while let Ok(c) = rx.try_recv() {
-                match c {
-                    Command::Submit(j) => waiting.push_back(j),
-                    Command::Cancel(j) if j == id => cancelled = true,
-                    Command::Cancel(j) => {
-                        let before = waiting.len();
-                        waiting.retain(|w| w.id != j);
-                        if waiting.len() < before {
-                            stats.jobs.fetch_sub(1, Ordering::AcqRel);
-                        }
-                    }
-                    Command::Forget(c) => forgotten.push(c),
-                }
-            }
-            !cancelled
+    fn take_running(&mut self, id: JobId) -> Option<Running> {
+        let i = self.running.iter().position(|r| r.id == id)?;
+        // `remove`, not `swap_remove`: the batch keeps arrival order (prefill fairness).
+        let r = self.running.remove(i);
+        self.used -= r.reserved;
+        Some(r)
+    }
+
+    fn finish_done(&mut self, id: JobId, finish: Finish) {
+        let Some(mut r) = self.take_running(id) else {
+            return;
         };
-        let model = &self.model;
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            generate(
-                &model.model,
-                &model.tokenizer,
-                conversation,
-                ids,
-                params,
-                model.eos,
-                &mut on_text,
-            )
-        }));
-        for c in forgotten {
-            self.forget(c);
+        r.conversation.set_unfed(r.generation.unfed());
+        let outcome = Outcome {
+            finish,
+            prompt_tokens: r.prompt_tokens,
+            generated_tokens: r.generation.generated().to_vec(),
+        };
+        if r.keep {
+            r.conversation.cache.shrink();
+            let bytes = r.conversation.cache.bytes();
+            self.used += bytes;
+            self.conversations.insert(
+                r.conversation_id,
+                Held {
+                    conversation: r.conversation,
+                    bytes,
+                    last_used: self.clock,
+                },
+            );
         }
-        match result {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the model panicked".into()),
+        self.finish(Event::Done { job: id, outcome });
+    }
+
+    fn finish_failed(&mut self, id: JobId, detail: String) {
+        if self.take_running(id).is_some() {
+            self.stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
+            self.finish(Event::Failed {
+                job: id,
+                failure: Failure::Model(detail),
+            });
         }
+    }
+
+    fn fail(&mut self, id: JobId, failure: Failure) {
+        self.finish(Event::Failed { job: id, failure });
     }
 
     /// Reports a job's last event and releases its admission.

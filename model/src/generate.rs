@@ -101,9 +101,29 @@ pub struct Conversation {
 impl Conversation {
     pub fn new(model: &Bloom) -> Conversation {
         Conversation {
-            cache: KvCache::new(model.layers()),
+            cache: model.new_cache(),
             unfed: Vec::new(),
         }
+    }
+
+    /// A conversation over `cache` (which may start with a shared prefix).
+    pub fn with_cache(cache: KvCache) -> Conversation {
+        Conversation {
+            cache,
+            unfed: Vec::new(),
+        }
+    }
+
+    pub(crate) fn unfed_len(&self) -> usize {
+        self.unfed.len()
+    }
+
+    pub(crate) fn take_unfed(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.unfed)
+    }
+
+    pub(crate) fn set_unfed(&mut self, token: Option<i64>) {
+        self.unfed = token.into_iter().collect();
     }
 
     /// Tokens the model has seen, plus the one waiting to be fed.
@@ -138,12 +158,18 @@ impl Sampler {
         }
     }
 
-    pub fn sample(&mut self, logits: &Tensor) -> Result<i64, ModelError> {
-        if self.params.temperature == 0.0 {
-            return Ok(logits.argmax(0, false).int64_value(&[]));
+    /// The next token after `logits` (f32, one per vocabulary entry).
+    pub fn sample(&mut self, logits: &[f32]) -> Result<i64, ModelError> {
+        if logits.is_empty() {
+            return Err(ModelError::Input("no logits".into()));
         }
-        let scaled = logits / f64::from(self.params.temperature);
-        let probs: Vec<f32> = Vec::<f32>::try_from(scaled.softmax(0, tch::Kind::Float))?;
+        if self.params.temperature == 0.0 {
+            return Ok(argmax(logits) as i64);
+        }
+        // The softmax on libtorch (vectorized); the selection below in order of probability.
+        let scaled =
+            Tensor::f_from_slice(logits)?.f_div_scalar(f64::from(self.params.temperature))?;
+        let probs: Vec<f32> = Vec::<f32>::try_from(scaled.f_softmax(0, tch::Kind::Float)?)?;
         let mut idx: Vec<usize> = (0..probs.len()).collect();
         // Top-k first (a partial selection), then top-p over what remains, most probable first.
         let k = self.params.top_k.unwrap_or(probs.len()).min(probs.len());
@@ -178,18 +204,130 @@ impl Sampler {
     }
 }
 
-/// Holds back text that may be the start of a stop string.
-struct StopFilter<'a> {
-    stop: &'a [String],
-    pending: String,
+/// The index of the largest value (the first of equals; NaN never wins).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
 }
 
-impl StopFilter<'_> {
-    /// Adds text; returns what is safe to emit and whether a stop string was hit.
-    fn push(&mut self, text: &str) -> (String, bool) {
+/// What one sampled token did to a [`Generation`].
+#[derive(Debug, Default)]
+pub struct Advance {
+    /// Text that became final (never splits a character, never includes a stop string).
+    pub text: Option<String>,
+    /// Set when generation ended with this token.
+    pub finish: Option<Finish>,
+}
+
+/// One answer being generated, independent of how the model is run (alone, or in a batch with
+/// others): it takes the logits after each step, samples, and says what text became final and
+/// whether the answer is over; the caller feeds [`next`](Self::next) to the model.
+pub struct Generation {
+    params: GenerateParams,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    pending: String,
+    eos: Option<i64>,
+    generated: Vec<i64>,
+    last: Option<i64>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("generated", &self.generated.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    /// Checks the parameters; `eos` ends the answer when sampled.
+    pub fn new(params: &GenerateParams, eos: Option<i64>) -> Result<Generation, ModelError> {
+        params.validate()?;
+        Ok(Generation {
+            params: params.clone(),
+            sampler: Sampler::new(params),
+            decoder: StreamDecoder::default(),
+            pending: String::new(),
+            eos,
+            generated: Vec::new(),
+            last: None,
+        })
+    }
+
+    /// Samples from the logits after the last token fed, and advances.
+    pub fn advance(
+        &mut self,
+        logits: &[f32],
+        tokenizer: &Tokenizer,
+    ) -> Result<Advance, ModelError> {
+        let token = self.sampler.sample(logits)?;
+        if Some(token) == self.eos {
+            self.last = None;
+            return self.end(Finish::Eos, tokenizer);
+        }
+        self.generated.push(token);
+        self.last = Some(token);
+        let mut out = Advance::default();
+        if let Some(text) = self.decoder.push(tokenizer, token)? {
+            let (text, hit) = self.filter(&text);
+            out.text = Some(text).filter(|t| !t.is_empty());
+            if hit {
+                out.finish = Some(Finish::StopString);
+                return Ok(out);
+            }
+        }
+        if self.generated.len() >= self.params.max_new_tokens {
+            let end = self.end(Finish::MaxTokens, tokenizer)?;
+            out.text = match (out.text, end.text) {
+                (Some(a), Some(b)) => Some(a + &b),
+                (a, b) => a.or(b),
+            };
+            out.finish = end.finish;
+        }
+        Ok(out)
+    }
+
+    /// The token to feed next (the last sampled one), if the answer goes on.
+    pub fn next(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// The last sampled token when the answer is over: not run through the model yet, it belongs
+    /// at the start of the conversation's next turn (none after EOS).
+    pub fn unfed(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// Tokens generated so far (EOS excluded).
+    pub fn generated(&self) -> &[i64] {
+        &self.generated
+    }
+
+    /// Ends the answer: what the decoder and the stop filter held back is final now.
+    fn end(&mut self, finish: Finish, tokenizer: &Tokenizer) -> Result<Advance, ModelError> {
+        let tail = self.decoder.finish(tokenizer)?.unwrap_or_default();
+        let (mut text, hit) = self.filter(&tail);
+        if !hit {
+            text.push_str(&std::mem::take(&mut self.pending));
+        }
+        Ok(Advance {
+            text: Some(text).filter(|t| !t.is_empty()),
+            finish: Some(if hit { Finish::StopString } else { finish }),
+        })
+    }
+
+    /// Holds back text that may be the start of a stop string; returns what is safe to emit and
+    /// whether a stop string was hit (what follows it is dropped).
+    fn filter(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
-        if let Some(pos) = self
-            .stop
+        let stop = &self.params.stop;
+        if let Some(pos) = stop
             .iter()
             .filter_map(|s| self.pending.find(s.as_str()))
             .min()
@@ -200,7 +338,7 @@ impl StopFilter<'_> {
         }
         // Keep the longest suffix that is a proper prefix of some stop string.
         let mut keep = 0;
-        for s in self.stop {
+        for s in stop {
             for n in (1..s.len().min(self.pending.len() + 1)).rev() {
                 if self.pending.is_char_boundary(self.pending.len() - n)
                     && s.starts_with(&self.pending[self.pending.len() - n..])
@@ -228,69 +366,41 @@ pub fn generate(
     eos: Option<i64>,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Outcome, ModelError> {
-    params.validate()?;
-    let mut sampler = Sampler::new(params);
-    let mut decoder = StreamDecoder::default();
-    let mut stop = StopFilter {
-        stop: &params.stop,
-        pending: String::new(),
-    };
+    let mut generation = Generation::new(params, eos)?;
     let mut feed: Vec<i64> = std::mem::take(&mut conversation.unfed);
     feed.extend_from_slice(prompt);
-    let mut generated = Vec::new();
+    conversation
+        .cache
+        .reserve(feed.len() + params.max_new_tokens)?;
     let finish = loop {
         let logits = model.forward(&feed, &mut conversation.cache)?;
-        let token = sampler.sample(&logits)?;
-        if Some(token) == eos {
-            break Finish::Eos;
-        }
-        generated.push(token);
-        feed = vec![token];
-        if let Some(text) = decoder.push(tokenizer, token)? {
-            let (out, hit) = stop.push(&text);
-            if !out.is_empty() && !on_text(&out) {
+        let step = generation.advance(&logits, tokenizer)?;
+        if let Some(text) = &step.text {
+            if !on_text(text) {
                 break Finish::Cancelled;
             }
-            if hit {
-                break Finish::StopString;
-            }
         }
-        if generated.len() >= params.max_new_tokens {
-            break Finish::MaxTokens;
+        if let Some(finish) = step.finish {
+            break finish;
         }
+        feed = generation.next().into_iter().collect();
     };
     // The last sampled token (not EOS) has not been run through the model: feed it next turn.
-    if matches!(
-        finish,
-        Finish::StopString | Finish::MaxTokens | Finish::Cancelled
-    ) {
-        conversation.unfed = feed;
-    }
-    if matches!(finish, Finish::Eos | Finish::MaxTokens) {
-        let mut tail = decoder.finish(tokenizer)?.unwrap_or_default();
-        tail = stop.push(&tail).0 + &std::mem::take(&mut stop.pending);
-        if !tail.is_empty() && !on_text(&tail) {
-            return Ok(Outcome {
-                finish: Finish::Cancelled,
-                prompt_tokens: prompt.len(),
-                generated_tokens: generated,
-            });
-        }
-    }
+    conversation.unfed = generation.unfed().into_iter().collect();
     Ok(Outcome {
         finish,
         prompt_tokens: prompt.len(),
-        generated_tokens: generated,
+        generated_tokens: generation.generated().to_vec(),
     })
 }
 
 /// Plain greedy continuation of `ids` by `n` tokens, without a tokenizer (for model checks).
 pub fn greedy_ids(model: &Bloom, ids: &[i64], n: usize) -> Result<Vec<i64>, ModelError> {
-    let mut cache = KvCache::new(model.layers());
+    let mut cache = model.new_cache();
     let mut out = Vec::with_capacity(n);
     let mut logits = model.forward(ids, &mut cache)?;
     for i in 0..n {
-        let t = logits.argmax(0, false).int64_value(&[]);
+        let t = argmax(&logits) as i64;
         out.push(t);
         if i + 1 < n {
             logits = model.forward(&[t], &mut cache)?;
@@ -301,23 +411,20 @@ pub fn greedy_ids(model: &Bloom, ids: &[i64], n: usize) -> Result<Vec<i64>, Mode
 
 #[cfg(test)]
 mod tests {
-    use super::StopFilter;
+    use super::{GenerateParams, Generation};
 
     #[test]
     fn stop_filter_holds_back_prefixes_and_cuts_at_the_stop() {
-        let stops = vec!["\nUser:".to_string()];
-        let mut f = StopFilter {
-            stop: &stops,
-            pending: String::new(),
+        let params = GenerateParams {
+            stop: vec!["\nUser:".to_string()],
+            ..Default::default()
         };
-        assert_eq!(f.push("Hello"), ("Hello".to_string(), false));
-        assert_eq!(f.push(" there\nUs"), (" there".to_string(), false));
-        assert_eq!(f.push("er: next"), (String::new(), true));
-        let mut f = StopFilter {
-            stop: &stops,
-            pending: String::new(),
-        };
-        assert_eq!(f.push("a\nU"), ("a".to_string(), false));
-        assert_eq!(f.push("nder"), ("\nUnder".to_string(), false));
+        let mut g = Generation::new(&params, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(g.filter("Hello"), ("Hello".to_string(), false));
+        assert_eq!(g.filter(" there\nUs"), (" there".to_string(), false));
+        assert_eq!(g.filter("er: next"), (String::new(), true));
+        let mut g = Generation::new(&params, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(g.filter("a\nU"), ("a".to_string(), false));
+        assert_eq!(g.filter("nder"), ("\nUnder".to_string(), false));
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod generate;
+pub mod kernels;
 pub mod template;
 #[doc(hidden)]
 pub mod testing;
@@ -22,7 +23,6 @@ use confidant_protocol::digest::{self, ModelFiles};
 pub use bloom::Bloom;
 pub use cache::KvCache;
 pub use config::BloomConfig;
-use tch::Kind;
 pub use weights::Weights;
 
 /// Why a model could not be loaded or run.
@@ -38,30 +38,30 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("input: {0}")]
     Input(String),
+    /// Memory could not be had (the caller may retry later or with less).
+    #[error("memory: {0}")]
+    Memory(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
 
-/// The dtype to run in.
+/// How the weight matrices are held and multiplied (norms, biases, activations, the KV cache and
+/// every accumulation stay f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {
     F32,
     Bf16,
+    /// Weight-only int8 with one f32 scale per 64 weights of a row, quantized at load.
+    Int8,
 }
 
 impl Dtype {
-    pub fn kind(self) -> Kind {
-        match self {
-            Dtype::F32 => Kind::Float,
-            Dtype::Bf16 => Kind::BFloat16,
-        }
-    }
-
-    /// The name used on command lines and in reports.
+    /// The name used on command lines, in reports and in the attestation.
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
         }
     }
 }
@@ -113,9 +113,7 @@ impl LoadedModel {
         }
         let eos = config.eos_token_id.or_else(|| tokenizer.token_id("</s>"));
         let (weights, stored_weights) = match weights_key {
-            Some(key) => {
-                Weights::load_encrypted(&files.encrypted_weights, key, dtype.kind(), hash_stored)?
-            }
+            Some(key) => Weights::load_encrypted(&files.encrypted_weights, key, hash_stored)?,
             None if files.stored_weights() == files.encrypted_weights => {
                 return Err(ModelError::Weights(format!(
                     "{} is encrypted: its key comes with the sealed settings (--sealed-settings)",
@@ -123,7 +121,7 @@ impl LoadedModel {
                 )))
             }
             None => {
-                let w = Weights::load(&files.weights, dtype.kind())?;
+                let w = Weights::load(&files.weights)?;
                 let hash = w.file_hash();
                 (w, Some(hash))
             }
@@ -135,7 +133,8 @@ impl LoadedModel {
         let digest = digest::model_digest(config_hash, tokenizer_hash, weights.file_hash());
         let stored_digest =
             stored_weights.map(|w| digest::model_digest(config_hash, tokenizer_hash, w));
-        let model = Bloom::new(config, weights, dtype.kind())?;
+        let model = Bloom::new(config, &weights, dtype)?;
+        drop(weights);
         Ok(LoadedModel {
             model,
             tokenizer,
@@ -174,6 +173,6 @@ pub fn load_model(dir: &Path, dtype: Dtype) -> Result<Bloom, ModelError> {
     let text = std::fs::read_to_string(&files.config)
         .map_err(|e| ModelError::Io(format!("{}: {e}", files.config.display())))?;
     let config = BloomConfig::from_json(&text)?;
-    let weights = Weights::load(&files.weights, dtype.kind())?;
-    Bloom::new(config, weights, dtype.kind())
+    let weights = Weights::load(&files.weights)?;
+    Bloom::new(config, &weights, dtype)
 }

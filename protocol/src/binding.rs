@@ -16,6 +16,9 @@ pub struct Expectations {
     pub model: Option<[u8; 32]>,
     /// The settings digest the enclave must attest (a pin with no attested settings is a mismatch).
     pub settings: Option<[u8; 32]>,
+    /// The inference dtype the enclave must attest (`f32`, `bf16`, `int8`; a pin with no attested
+    /// dtype is a mismatch).
+    pub dtype: Option<String>,
     /// The client's clock, for the key configs' expiry.
     pub now: UnixMillis,
 }
@@ -51,6 +54,11 @@ impl Recipient {
         if let Some(want) = expect.settings {
             if user_data.settings != Some(want) {
                 return Err(ProtocolError::SettingsMismatch);
+            }
+        }
+        if let Some(want) = &expect.dtype {
+            if user_data.dtype.as_ref() != Some(want) {
+                return Err(ProtocolError::DtypeMismatch);
             }
         }
         if user_data.exp <= expect.now {

@@ -66,6 +66,7 @@ errors! {
         KeyConfigsMismatch = "key_configs_mismatch": "the key-config list does not hash to the attested `kc`";
         ModelMismatch = "model_mismatch": "the attested model digest differs from the pinned one";
         SettingsMismatch = "settings_mismatch": "the attested settings digest differs from the pinned one";
+        DtypeMismatch = "dtype_mismatch": "the attested inference dtype differs from the pinned one (or is not attested)";
         KeysExpired = "keys_expired": "the attested key configs have expired";
         NoSupportedSuite = "no_supported_suite": "no key config offers a suite the client supports";
     }

@@ -35,6 +35,8 @@ pub enum ProtocolError {
     ModelMismatch,
     #[error("attested settings digest differs from the pinned one")]
     SettingsMismatch,
+    #[error("the attested inference dtype differs from the pinned one")]
+    DtypeMismatch,
     #[error("attested keys expired at {expired_at} (now {now})")]
     KeysExpired {
         expired_at: UnixMillis,
@@ -88,6 +90,7 @@ impl ProtocolError {
             ProtocolError::UnsupportedVersion(_) => Code::UnsupportedVersion,
             ProtocolError::KeyConfigsMismatch => Code::KeyConfigsMismatch,
             ProtocolError::ModelMismatch => Code::ModelMismatch,
+            ProtocolError::DtypeMismatch => Code::DtypeMismatch,
             ProtocolError::SettingsMismatch => Code::SettingsMismatch,
             ProtocolError::KeysExpired { .. } => Code::KeysExpired,
             ProtocolError::NoSupportedSuite => Code::NoSupportedSuite,

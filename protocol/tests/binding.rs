@@ -102,6 +102,7 @@ impl Fixture {
         Expectations {
             model: Some([5; 32]),
             settings: None,
+            dtype: None,
             now: UnixMillis::from_secs(self.now.unix_timestamp() as u64),
         }
     }
@@ -177,6 +178,22 @@ fn every_commitment_is_checked() {
         Recipient::from_attestation(&without, &f.list, &e).unwrap_err(),
         ProtocolError::SettingsMismatch
     );
+    // Dtype pin: on a document without a dtype, then with another, then with it.
+    let mut e = f.expect();
+    e.dtype = Some("int8".into());
+    assert_eq!(
+        Recipient::from_attestation(&without, &f.list, &e).unwrap_err(),
+        ProtocolError::DtypeMismatch
+    );
+    let mut ud = f.user_data(None, 3600);
+    ud.dtype = Some("bf16".into());
+    let bf16 = f.verified(Some(ud.encode()));
+    assert_eq!(
+        Recipient::from_attestation(&bf16, &f.list, &e).unwrap_err(),
+        ProtocolError::DtypeMismatch
+    );
+    e.dtype = Some("bf16".into());
+    assert!(Recipient::from_attestation(&bf16, &f.list, &e).is_ok());
     // Expired keys.
     let expired = f.verified(Some(f.user_data(None, -1).encode()));
     assert!(matches!(

@@ -116,6 +116,7 @@ impl Harness {
             &Expectations {
                 model: Some(MODEL),
                 settings: None,
+                dtype: None,
                 now: self.now,
             },
         )

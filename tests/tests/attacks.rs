@@ -410,38 +410,52 @@ async fn dripping_relay(dir: PathBuf) -> (SocketAddr, PathBuf) {
 
 #[test]
 fn a_job_that_fails_to_allocate_fails_alone_and_the_worker_goes_on() {
-    // A generous context limit, and an address-space limit the attention of a ~10k-token prompt
-    // exceeds: libtorch fails to allocate mid-prefill (as a 6 GiB enclave would).
+    // A generous context limit and KV budget, and an address-space limit, set once the enclave has
+    // served (its threads and buffers made), that leaves less room than a ~25k-token question's
+    // keys and values need: reserving them fails, as it would in a 6 GiB enclave.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("enclave.sock");
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.arg(format!("--as={}", 1536u64 << 20))
-        .arg(bin("confidant-enclave"))
-        .arg("serve")
+    let mut cmd = std::process::Command::new(bin("confidant-enclave"));
+    cmd.arg("serve")
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
         .arg("--model")
         .arg(fixtures().join("model"))
         .args(["--nsm", "emulated", "--threads", "1", "--dev-ca"])
         .arg(fixtures().join("ca"))
-        .args(["--context-tokens", "30000", "--kv-budget-mib", "256"]);
-    let (_enclave, _) = start(&mut cmd, dir.path().join("enclave.log"));
+        .args(["--context-tokens", "60000", "--kv-budget-mib", "4096"]);
+    let (enclave, _) = start(&mut cmd, dir.path().join("enclave.log"));
+    let pid = enclave.child.id();
     let (relay, relay_addr) = start_relay(dir.path(), &socket, &[]);
     let stack = Stack {
         dir,
-        enclave: None,
+        enclave: Some(enclave),
         relay,
         relay_addr,
         socket,
     };
-    let long = "Please read my whole medical history and tell me what is covered. ".repeat(600);
+    honest_client_is_answered(&stack, Duration::from_secs(30));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let limit = (vm_kib << 10) + (160 << 20);
+    let set = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--as={limit}"))
+        .status()
+        .unwrap();
+    assert!(set.success());
+    let long = "Please read my whole medical history and tell me what is covered. ".repeat(1500);
     let out = stack.client(
         &stack.relay_addr,
         &["ask", "--max-tokens", "4", &long],
         &stack.trusted(),
         None,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("error: generation_failed:"),
         "{}",

@@ -75,6 +75,18 @@ fn wrong_pins_unknown_roots_and_stale_documents_are_refused_before_any_request()
     );
     assert_eq!(stack.health()["requests"], 0);
 
+    // The enclave computes in f32 and says so: a bf16 pin is refused, an f32 pin is met.
+    let mut bf16 = stack.trusted();
+    bf16.extend(["--dtype".to_string(), "bf16".to_string()]);
+    let out = stack.client(&stack.relay_addr, &["ask", "hello"], &bf16, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("dtype_mismatch"), "{}", stderr(&out));
+    assert_eq!(stack.health()["requests"], 0);
+    let mut f32_pin = stack.trusted();
+    f32_pin.extend(["--dtype".to_string(), "f32".to_string()]);
+    let out = stack.client(&stack.relay_addr, &["attest"], &f32_pin, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
     let old = Stack::new(&["--backdate-documents-test-only", "3600"], &[]);
     let out = old.client(&old.relay_addr, &["ask", "hello"], &old.trusted(), None);
     assert_eq!(out.status.code(), Some(1));

@@ -30,7 +30,7 @@ pub struct TrustArgs {
     /// Pin a PCR (index and 48 bytes of hex); repeatable.
     #[arg(long = "pcr", value_name = "IDX=HEX")]
     pub pcrs: Vec<PcrPin>,
-    /// TOML policy file (pcrs, max_age_secs, allow_debug, model_digest, settings_digest).
+    /// TOML policy file (pcrs, max_age_secs, allow_debug, model_digest, settings_digest, dtype).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// The model digest the enclave must attest (SHA-256, hex).
@@ -39,6 +39,9 @@ pub struct TrustArgs {
     /// The settings digest the enclave must attest (SHA-256, hex).
     #[arg(long, value_name = "HEX")]
     pub settings_digest: Option<String>,
+    /// The inference dtype the enclave must attest: f32, bf16 or int8 (the weights' precision).
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
     /// Maximum age of a fetched attestation document, seconds.
     #[arg(long, value_name = "SECS")]
     pub max_age: Option<u64>,
@@ -61,6 +64,7 @@ impl TrustArgs {
             policy: self.policy.clone(),
             model_digest: self.model_digest.clone(),
             settings_digest: self.settings_digest.clone(),
+            dtype: self.dtype.clone(),
             max_age: self.max_age,
             allow_debug: self.allow_debug,
         })
@@ -212,6 +216,7 @@ fn summary_json(a: &Attested) -> serde_json::Value {
         "pcrs": doc.pcrs.iter().map(|(i, v)| (i.to_string(), json!(hex::encode(v)))).collect::<serde_json::Map<_, _>>(),
         "model_digest": hex::encode(ud.model),
         "settings_digest": ud.settings.map(hex::encode),
+        "dtype": ud.dtype,
         "keys_expire": ud.exp.as_secs(),
         "key_configs": configs.iter().map(|c| json!({
             "key_id": c.key_id, "kem": c.kem.name(), "aeads": c.aeads.iter().map(|x| x.name()).collect::<Vec<_>>(),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use confidant_model::generate::greedy_ids;
-use confidant_model::{load_model, Dtype, KvCache};
+use confidant_model::{load_model, Dtype};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -40,9 +40,8 @@ fn check(
     let mut worst = 0f64;
     let mut all_greedy = true;
     for case in &reference.cases {
-        let mut cache = KvCache::new(model.layers());
-        let logits = model.forward(&case.input_ids, &mut cache)?;
-        let got: Vec<f32> = Vec::<f32>::try_from(&logits)?;
+        let mut cache = model.new_cache();
+        let got = model.forward(&case.input_ids, &mut cache)?;
         let max_abs_diff = if got.len() == case.last_logits.len() {
             got.iter()
                 .zip(&case.last_logits)

@@ -42,6 +42,18 @@ enum Command {
     /// Time a whole answer in process (the baseline of the end-to-end overhead); one JSON object.
     #[command(hide = true)]
     BenchGenerate(bench::GenerateBenchArgs),
+    /// Time the kernels against libtorch on bloom-560m's shapes, and the machine's read bandwidth;
+    /// one JSON object.
+    BenchKernels {
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Tokens per product (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        tokens: Vec<usize>,
+        /// Only this product (qkv, dense, h_to_4h, 4h_to_h, lm_head).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Answer questions in process, greedily, as the enclave would answer one-shot questions; prints
     /// one JSON object, question → answer (what `confidant-load --expect` takes).
     Answer {
@@ -117,6 +129,11 @@ fn main() -> ExitCode {
         } => check::run(&model, &reference, dtype),
         Command::Bench(args) => bench::run(&args),
         Command::BenchGenerate(args) => bench::run_generate(&args),
+        Command::BenchKernels {
+            threads,
+            tokens,
+            only,
+        } => bench::run_kernels(threads, &tokens, only.as_deref()),
         Command::Answer {
             model,
             system,

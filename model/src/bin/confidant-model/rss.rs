@@ -17,3 +17,9 @@ fn field_kb(name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
+
+/// Resets the peak (`VmHWM`) to the current resident set, so a measurement's own buffers do not
+/// count in what follows; false where the kernel does not allow it.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -1,0 +1,195 @@
+//! Every kernel against libtorch, on random and on bloom-560m's shapes, in every instruction set this
+//! CPU has.
+
+#![allow(clippy::unwrap_used)]
+
+use tch::{Kind, Tensor};
+
+use super::*;
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Portable];
+    let best = detect();
+    if matches!(best, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Dot) {
+        v.push(Isa::Avx2);
+    }
+    if matches!(best, Isa::Avx512 | Isa::Avx512Dot) {
+        v.push(Isa::Avx512);
+    }
+    if best == Isa::Avx512Dot {
+        v.push(Isa::Avx512Dot);
+    }
+    v
+}
+
+/// The activations as the instruction set sees them: the dot-product kernels round them (bf16) or
+/// quantize them per group (int8) first.
+fn as_seen(isa: Isa, x: &[f32], tokens: usize, w: &Matrix) -> Vec<f32> {
+    if isa != Isa::Avx512Dot || !avx512_dot::handles(w, true, true) {
+        return x.to_vec();
+    }
+    match avx512_dot::prepare(x, tokens, w) {
+        Some(avx512_dot::Prepared::Bf16(b)) => b
+            .iter()
+            .map(|h| f32::from_bits(u32::from(*h) << 16))
+            .collect(),
+        Some(avx512_dot::Prepared::Int8 { xq, scales, .. }) => xq
+            .iter()
+            .enumerate()
+            .map(|(i, q)| f32::from(*q) * scales[i / w.group()])
+            .collect(),
+        None => x.to_vec(),
+    }
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+}
+
+/// `x · Wᵀ + b` by libtorch over the matrix as the kernels see it (dequantized).
+fn reference(x: &[f32], tokens: usize, w: &Matrix, b: &Tensor) -> Vec<f32> {
+    let x = Tensor::from_slice(x).view([tokens as i64, w.cols() as i64]);
+    to_vec(&(x.matmul(&w.to_f32().tr()) + b))
+}
+
+fn check(rows: usize, cols: usize, tokens: usize, seed: i64) {
+    tch::manual_seed(seed);
+    let pool = pool(2);
+    let w = Tensor::randn([rows as i64, cols as i64], (Kind::Float, tch::Device::Cpu)) * 0.05;
+    let x = Tensor::randn(
+        [tokens as i64, cols as i64],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let b = Tensor::randn([rows as i64], (Kind::Float, tch::Device::Cpu));
+    let (xs, bs) = (to_vec(&x), to_vec(&b));
+    for m in [
+        Matrix::f32(&w).unwrap(),
+        Matrix::bf16(&w).unwrap(),
+        Matrix::int8(&w).unwrap(),
+    ] {
+        for isa in isas() {
+            let want = reference(&as_seen(isa, &xs, tokens, &m), tokens, &m, &b);
+            let mut y = vec![0f32; tokens * rows];
+            matmul_isa(isa, &pool, &xs, tokens, &m, Some(&bs), &mut y);
+            let worst = y
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{} {rows}×{cols}, {tokens} tokens, {}: relative error {worst}",
+                m.dtype(),
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn products_match_libtorch_on_random_shapes() {
+    for (i, (rows, cols, tokens)) in [
+        (1, 16, 1),
+        (5, 48, 3),
+        (17, 40, 2),
+        (67, 64, 7),
+        (130, 128, 9),
+        (3, 256, 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(rows, cols, tokens, i as i64);
+    }
+}
+
+#[test]
+fn products_match_libtorch_on_bloom_560m_shapes() {
+    // query_key_value, dense, dense_h_to_4h, dense_4h_to_h, and a slice of the lm_head.
+    for (i, (rows, cols, tokens)) in [
+        (3072, 1024, 1),
+        (1024, 1024, 5),
+        (4096, 1024, 16),
+        (1024, 4096, 4),
+        (2048, 1024, 13),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(rows, cols, tokens, 100 + i as i64);
+    }
+}
+
+#[test]
+fn int8_stays_within_half_a_step_of_each_group() {
+    tch::manual_seed(7);
+    let w = Tensor::randn([33, 256], (Kind::Float, tch::Device::Cpu));
+    let m = Matrix::int8(&w).unwrap();
+    let err = (m.to_f32() - &w).abs();
+    let scale = w.abs().view([33, 4, 64]).amax(2, true) / 127.0;
+    let ratio = (err.view([33, 4, 64]) / scale).max().double_value(&[]);
+    assert!(ratio <= 0.5 + 1e-4, "{ratio}");
+    let mut row = vec![0f32; 256];
+    m.row_f32(5, &mut row);
+    assert_eq!(row, to_vec(&m.to_f32().get(5)));
+}
+
+#[test]
+fn decode_attention_matches_libtorch_across_segments() {
+    tch::manual_seed(3);
+    let (n_head, hd, prefix, own) = (6usize, 16usize, 5usize, 4usize);
+    let width = n_head * hd;
+    let q = Tensor::randn([width as i64], (Kind::Float, tch::Device::Cpu));
+    let k = Tensor::randn(
+        [(prefix + own) as i64, width as i64],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let v = Tensor::randn(
+        [(prefix + own) as i64, width as i64],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let slopes: Vec<f32> = crate::bloom::alibi_slopes(n_head)
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
+    // libtorch, as the model's prefill does it.
+    let total = (prefix + own) as i64;
+    let qh = q.view([n_head as i64, 1, hd as i64]);
+    let kh = k.view([total, n_head as i64, hd as i64]).transpose(0, 1);
+    let vh = v.view([total, n_head as i64, hd as i64]).transpose(0, 1);
+    let alibi = Tensor::from_slice(&slopes).view([n_head as i64, 1, 1])
+        * Tensor::arange(total, (Kind::Float, tch::Device::Cpu)).view([1, 1, total]);
+    let scores = alibi.baddbmm(&qh, &kh.transpose(1, 2), 1.0, 1.0 / (hd as f64).sqrt());
+    let want = to_vec(&scores.softmax(-1, Kind::Float).bmm(&vh));
+    let (ks, vs) = (to_vec(&k), to_vec(&v));
+    let split = prefix * width;
+    let segments = [
+        KvSegment {
+            k: &ks[..split],
+            v: &vs[..split],
+            len: prefix,
+        },
+        KvSegment {
+            k: &ks[split..],
+            v: &vs[split..],
+            len: own,
+        },
+    ];
+    let mut out = vec![0f32; width];
+    decode_attention(
+        &AttentionInput {
+            q: &to_vec(&q),
+            segments: &segments,
+            slopes: &slopes,
+            head_dim: hd,
+        },
+        &mut out,
+        &mut Vec::new(),
+    );
+    let worst = out
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+}
