@@ -100,11 +100,12 @@ bench-verifier:
 bench-protocol:
 	$(CARGO) bench -p confidant-protocol --bench protocol
 
-# BLOOM against Hugging Face transformers on a random-weight bloom-560m (2.2 GB, made once in target/).
+# The engine against llama.cpp (built once in target/llamacpp with ../shared/bench/llamacpp) and
+# transformers, side by side on a random-weight bloom-560m (2.2 GB, made once in target/): one table.
 bench-model: deps
 	$(VENV)/bin/pip install --quiet torch==$(TORCH_VERSION) transformers
-	$(CARGO) build --release -p confidant-model
-	scripts/bench_model.sh
+	$(CARGO) build --release $(BINS)
+	PYTHON=$(VENV)/bin/python scripts/bench_model.sh
 
 # Boot with sealed settings and encrypted weights against a plain boot (the bench-model weights).
 bench-boot: deps

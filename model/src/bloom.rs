@@ -30,7 +30,7 @@ pub const PREFILL_CHUNK: usize = 512;
 
 /// Up to this many query × key pairs, a prompt chunk's attention runs on the kernel, query by
 /// query; beyond, on libtorch's batched products.
-const DIRECT_ATTENTION: usize = 1 << 16;
+const DIRECT_ATTENTION: usize = 1 << 13;
 
 /// A layer norm's parameters.
 struct Norm {
@@ -674,8 +674,14 @@ mod tests {
     fn prefill_attention_matches_the_kernel_query_by_query() {
         // (prefix, own positions, chunk): the chunk is the last of the own positions. Heads 1..4
         // of 6; the second case spans two query blocks.
-        for (prefix, own, n) in [(5usize, 9usize, 6usize), (3, 80, 70), (0, 20, 20)] {
-            let (nh, hd) = (6usize, 8usize);
+        for (prefix, own, n, hd) in [
+            (5usize, 9usize, 6usize, 8usize),
+            (3, 80, 70, 8),
+            (0, 20, 20, 8),
+            // bloom-560m's head size, which has its own path; queries not a multiple of 4.
+            (40, 45, 35, 64),
+        ] {
+            let nh = 6usize;
             let w = nh * hd;
             let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
             let (pk, pv): (Vec<f32>, Vec<f32>) =

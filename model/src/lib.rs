@@ -51,7 +51,8 @@ pub enum ModelError {
 pub enum Dtype {
     F32,
     Bf16,
-    /// Weight-only int8 with one f32 scale per 64 weights of a row, quantized at load.
+    /// Weight-only int8 with one f32 scale per 32 weights of a row (activations quantized the same
+    /// way on the fly), quantized at load.
     Int8,
 }
 

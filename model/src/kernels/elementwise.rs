@@ -63,7 +63,9 @@ pub(super) fn exp(v: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from n's bits: n + 127 sits in the low mantissa bits of n + 127 + 2^23, and the shift moves
+    // it into the exponent (no float-to-int conversion, which would not vectorize).
+    p * f32::from_bits((n + 127.0 + 8_388_608.0).to_bits() << 23)
 }
 
 #[inline(always)]

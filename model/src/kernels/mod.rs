@@ -211,8 +211,9 @@ pub(crate) fn matmul_isa(
     }
 }
 
-/// `y = x · Wᵀ` for an f32 `W` held in a slice (`rows × cols`, rows `stride` apart), on the
-/// calling thread: the products inside attention, whose operands are built on the fly.
+/// `y = x · Wᵀ` for an f32 `W` held in a slice (`rows × cols`, rows `stride` apart), into `y`
+/// (`tokens` rows `y_stride` apart), on the calling thread: the products inside attention, whose
+/// operands are views of the KV caches.
 ///
 /// # Panics
 /// If the slices' lengths do not match the shapes.
@@ -222,16 +223,17 @@ pub(crate) fn matmul_local(
     (w, stride): (&[f32], usize),
     rows: usize,
     cols: usize,
-    y: &mut [f32],
+    (y, y_stride): (&mut [f32], usize),
 ) {
-    assert!(x.len() >= tokens * cols && y.len() >= tokens * rows && cols <= stride);
+    assert!(x.len() >= tokens * cols && cols <= stride && rows <= y_stride);
     assert!(rows == 0 || w.len() >= (rows - 1) * stride + cols);
+    assert!(tokens == 0 || y.len() >= (tokens - 1) * y_stride + rows);
     if tokens == 0 || rows == 0 {
         return;
     }
     let out = OutRows {
         base: y.as_mut_ptr(),
-        stride: rows,
+        stride: y_stride,
     };
     match isa() {
         Isa::Portable => {
@@ -242,7 +244,7 @@ pub(crate) fn matmul_local(
                         .zip(&w[r * stride..r * stride + cols])
                         .map(|(a, b)| a * b)
                         .sum();
-                    y[t * rows + r] = sum;
+                    y[t * y_stride + r] = sum;
                 }
             }
         }

@@ -40,7 +40,7 @@ pub fn prefill_attention_heads(
             hd: usize,
             out: &mut [f32],
         ) {
-            attention(q, segments, n, slopes, heads, hd, out)
+            attention::<true>(q, segments, n, slopes, heads, hd, out)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn narrow(
@@ -52,7 +52,7 @@ pub fn prefill_attention_heads(
             hd: usize,
             out: &mut [f32],
         ) {
-            attention(q, segments, n, slopes, heads, hd, out)
+            attention::<true>(q, segments, n, slopes, heads, hd, out)
         }
         match isa() {
             // SAFETY: `isa()` names only instruction sets this CPU has.
@@ -63,11 +63,12 @@ pub fn prefill_attention_heads(
             Isa::Portable => {}
         }
     }
-    attention(q, segments, n, slopes, heads, hd, out)
+    attention::<false>(q, segments, n, slopes, heads, hd, out)
 }
 
+/// `FMA`: fused multiply-adds are instructions here (else `mul_add` would be a library call).
 #[inline(always)]
-fn attention(
+fn attention<const FMA: bool>(
     q: &[f32],
     segments: &[KvSegment<'_>],
     n: usize,
@@ -87,26 +88,12 @@ fn attention(
     let past = total - n;
     let inv = 1.0 / (hd as f32).sqrt();
     let hw = heads.len() * hd;
-    let (mut k, mut vt, mut qh) = (
-        vec![0f32; total * hd],
-        vec![0f32; hd * total],
-        vec![0f32; n * hd],
-    );
+    let mut qh = vec![0f32; n * hd];
     let mut scores = Vec::new();
     let mut ctx = vec![0f32; QUERY_BLOCK * hd];
+    // ALiBi's key positions.
+    let positions: Vec<f32> = (0..total).map(|j| j as f32).collect();
     for (c, h) in heads.clone().enumerate() {
-        // This head's keys, contiguous; its values transposed (`hd × total`); its queries, scaled.
-        let mut pos = 0;
-        for seg in segments {
-            for j in 0..seg.len {
-                let at = j * width + h * hd;
-                k[pos * hd..(pos + 1) * hd].copy_from_slice(&seg.k[at..at + hd]);
-                for (d, x) in seg.v[at..at + hd].iter().enumerate() {
-                    vt[d * total + pos] = *x;
-                }
-                pos += 1;
-            }
-        }
         for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
             for (d, s) in dst
                 .iter_mut()
@@ -121,14 +108,40 @@ fn attention(
             let (bq, seen) = (i1 - i0, past + i1);
             scores.clear();
             scores.resize(bq * seen, 0.0);
-            matmul_local(&qh[i0 * hd..i1 * hd], bq, (&k, hd), seen, hd, &mut scores);
+            // Scores against each segment's keys, read in place (rows `width` apart).
+            let mut first = 0;
+            for seg in segments {
+                let rows = seg.len.min(seen.saturating_sub(first));
+                if rows > 0 {
+                    matmul_local(
+                        &qh[i0 * hd..i1 * hd],
+                        bq,
+                        (&seg.k[h * hd..], width),
+                        rows,
+                        hd,
+                        (&mut scores[first..], seen),
+                    );
+                }
+                first += seg.len;
+            }
             for (r, row) in scores.chunks_exact_mut(seen).enumerate() {
                 let visible = past + i0 + r + 1;
-                softmax_alibi(&mut row[..visible], slope);
+                softmax_alibi(&mut row[..visible], &positions[..visible], slope);
                 row[visible..].fill(0.0);
             }
-            matmul_local(&scores, bq, (&vt, total), hd, seen, &mut ctx[..bq * hd]);
-            for (r, row) in ctx[..bq * hd].chunks_exact(hd).enumerate() {
+            // The probabilities times each segment's values, read in place.
+            let ctx = &mut ctx[..bq * hd];
+            ctx.fill(0.0);
+            let mut first = 0;
+            for seg in segments {
+                let rows = seg.len.min(seen.saturating_sub(first));
+                if rows > 0 {
+                    let v = (&seg.v[h * hd..], width);
+                    weighted_rows::<FMA>(&scores[first..], seen, bq, v, rows, hd, ctx);
+                }
+                first += seg.len;
+            }
+            for (r, row) in ctx.chunks_exact(hd).enumerate() {
                 let o = (i0 + r) * hw + c * hd;
                 out[o..o + hd].copy_from_slice(row);
             }
@@ -136,17 +149,23 @@ fn attention(
     }
 }
 
-/// `row[j] += slope · j`, then the softmax of the row, in place.
+/// `row[j] += slope · position[j]`, then the softmax of the row, in place.
 #[inline(always)]
-fn softmax_alibi(row: &mut [f32], slope: f32) {
+fn softmax_alibi(row: &mut [f32], positions: &[f32], slope: f32) {
     const LANES: usize = 16;
     let mut max = [f32::NEG_INFINITY; LANES];
-    for (c, chunk) in row.chunks_mut(LANES).enumerate() {
-        for (l, (s, m)) in chunk.iter_mut().zip(max.iter_mut()).enumerate() {
-            *s += slope * (c * LANES + l) as f32;
+    let (chunks, tail) = row.as_chunks_mut::<LANES>();
+    let (pos_chunks, pos_tail) = positions.as_chunks::<LANES>();
+    for (chunk, pos) in chunks.iter_mut().zip(pos_chunks) {
+        for ((s, p), m) in chunk.iter_mut().zip(pos).zip(max.iter_mut()) {
+            *s += slope * p;
             // A select, not `f32::max`: it vectorizes.
             *m = if *s > *m { *s } else { *m };
         }
+    }
+    for ((s, p), m) in tail.iter_mut().zip(pos_tail).zip(max.iter_mut()) {
+        *s += slope * p;
+        *m = if *s > *m { *s } else { *m };
     }
     let max = max
         .iter()
@@ -157,5 +176,76 @@ fn softmax_alibi(row: &mut [f32], slope: f32) {
     let norm = 1.0 / sum(row);
     for s in row.iter_mut() {
         *s *= norm;
+    }
+}
+
+/// `out[q] += Σ_j p[q][j] · v[j]` for `bq` queries (`p` rows `ps` apart) over `rows` value rows of
+/// `hd` (`vs` apart), four queries at a time so each value row is loaded once for four.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn weighted_rows<const FMA: bool>(
+    p: &[f32],
+    ps: usize,
+    bq: usize,
+    (v, vs): (&[f32], usize),
+    rows: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    if rows == 0 {
+        return;
+    }
+    let mut q0 = 0;
+    if hd == 64 {
+        while q0 < bq {
+            let rest = &mut out[q0 * hd..];
+            match bq - q0 {
+                1 => weighted_rows_n::<64, 1, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
+                2 => weighted_rows_n::<64, 2, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
+                3 => weighted_rows_n::<64, 3, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
+                _ => weighted_rows_n::<64, 4, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
+            }
+            q0 += 4;
+        }
+        return;
+    }
+    for q in q0..bq {
+        let o = &mut out[q * hd..(q + 1) * hd];
+        for j in 0..rows {
+            let w = p[q * ps + j];
+            for (a, x) in o.iter_mut().zip(&v[j * vs..j * vs + hd]) {
+                *a += w * x;
+            }
+        }
+    }
+}
+
+/// [`weighted_rows`] for `N` (at most 4) queries and a head size known at compile time: the
+/// accumulators stay in registers.
+#[inline(always)]
+fn weighted_rows_n<const HD: usize, const N: usize, const FMA: bool>(
+    p: &[f32],
+    ps: usize,
+    (v, vs): (&[f32], usize),
+    rows: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[0f32; HD]; N];
+    for j in 0..rows {
+        let row: &[f32; HD] = match v[j * vs..j * vs + HD].try_into() {
+            Ok(r) => r,
+            Err(_) => unreachable!("a value row is HD long"),
+        };
+        for (q, a) in acc.iter_mut().enumerate() {
+            let w = p[q * ps + j];
+            for (a, x) in a.iter_mut().zip(row) {
+                *a = if FMA { w.mul_add(*x, *a) } else { *a + w * x };
+            }
+        }
+    }
+    for (q, a) in acc.iter().enumerate() {
+        for (o, x) in out[q * HD..(q + 1) * HD].iter_mut().zip(a) {
+            *o += x;
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Weights per int8 scale, along a row.
-pub const INT8_GROUP: usize = 64;
+pub const INT8_GROUP: usize = 32;
 /// Rows per packed int8 block (one 512-bit vector of 32-bit lanes).
 pub const ROW_BLOCK: usize = 16;
 

@@ -68,6 +68,7 @@ struct Sample {
     code: Option<String>,
     first_ms: Option<f64>,
     total_ms: f64,
+    generated_tokens: u64,
 }
 
 fn peak_rss_mib(pid: u32) -> Option<f64> {
@@ -101,6 +102,7 @@ async fn one_client(
         code: Some(code),
         first_ms: None,
         total_ms: 0.0,
+        generated_tokens: 0,
     };
     let trust = match Trust::build(&TrustConfig {
         roots: args.roots.clone(),
@@ -137,6 +139,7 @@ async fn one_client(
                     code: None,
                     first_ms: answer.first_chunk.map(|d| d.as_secs_f64() * 1e3),
                     total_ms: started.elapsed().as_secs_f64() * 1e3,
+                    generated_tokens: answer.trailer.generated_tokens,
                 });
             }
             Err(e) => samples.push(fail(e.code().to_string())),
@@ -216,6 +219,17 @@ fn main() -> ExitCode {
         .collect();
     total.sort_by(f64::total_cmp);
     let expected_count = args.clients * args.questions;
+    // Decoding speed of each answer once it streams (tokens after the first over the time after
+    // the first), summed: the aggregate decode rate while the clients ran together.
+    let decode_rate: f64 = samples
+        .iter()
+        .filter(|s| s.ok && s.generated_tokens > 1)
+        .filter_map(|s| {
+            let streaming = (s.total_ms - s.first_ms?) / 1e3;
+            (streaming > 0.0).then(|| (s.generated_tokens - 1) as f64 / streaming)
+        })
+        .sum::<f64>()
+        / args.questions.max(1) as f64;
     let report = serde_json::json!({
         "clients": args.clients,
         "questions": expected_count,
@@ -225,6 +239,8 @@ fn main() -> ExitCode {
         "errors": errors,
         "seconds": secs,
         "questions_per_s": ok as f64 / secs,
+        "generated_tokens": samples.iter().map(|s| s.generated_tokens).sum::<u64>(),
+        "decode_tokens_per_s_aggregate": decode_rate,
         "ttft_ms_p50": percentile(&first, 0.5),
         "ttft_ms_p99": percentile(&first, 0.99),
         "total_ms_p50": percentile(&total, 0.5),

@@ -337,3 +337,217 @@ pub fn run_kernels(
     );
     Ok(0)
 }
+
+/// `bench-engine`: the inference engine as the enclave runs it — time to first token alone, while
+/// other answers stream, and after a long system prompt.
+#[derive(Debug, clap::Args)]
+pub struct EngineBenchArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Answers already streaming when the measured question arrives.
+    #[arg(long, default_value_t = 7)]
+    others: usize,
+    /// Bytes of system prompt for the system-prompt measurement.
+    #[arg(long, default_value_t = 2048)]
+    system_bytes: usize,
+    /// Runs of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+/// An engine whose events arrive with the time they were reported.
+struct Timed {
+    engine: confidant_model::engine::Engine,
+    rx: std::sync::mpsc::Receiver<(Instant, confidant_model::engine::Event)>,
+}
+
+fn timed_engine(args: &EngineBenchArgs, system: &str, max_batch: usize) -> Result<Timed, String> {
+    use confidant_model::engine::{Engine, EngineConfig};
+    use confidant_model::template::ChatTemplate;
+    use confidant_model::LoadedModel;
+    let model = LoadedModel::load(&args.model, args.dtype).map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = Engine::spawn(
+        model,
+        EngineConfig {
+            threads: args.threads,
+            max_batch,
+            ..EngineConfig::new(ChatTemplate::new(system), 8192, 4 << 30)
+        },
+        Box::new(move |e| {
+            let _ = tx.send((Instant::now(), e));
+        }),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Timed { engine, rx })
+}
+
+fn ask(id: u64, text: &str, max_new_tokens: usize) -> confidant_model::engine::Job {
+    confidant_model::engine::Job {
+        id,
+        conversation: id,
+        first_turn: true,
+        keep: false,
+        text: text.to_string().into(),
+        params: confidant_model::generate::GenerateParams {
+            max_new_tokens,
+            ..Default::default()
+        },
+    }
+}
+
+impl Timed {
+    /// Waits for job `id`'s first text (or its end); returns when it came.
+    fn first_text(&self, id: u64) -> Result<Instant, String> {
+        use confidant_model::engine::Event;
+        loop {
+            let (at, e) = self
+                .rx
+                .recv_timeout(std::time::Duration::from_secs(600))
+                .map_err(|_| "the engine went quiet".to_string())?;
+            match e {
+                Event::Text { job, .. } | Event::Done { job, .. } if job == id => return Ok(at),
+                Event::Failed { job, failure } if job == id => {
+                    return Err(format!("job {job} failed: {failure:?}"))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits until job `id` ends.
+    fn end(&self, id: u64) -> Result<(), String> {
+        use confidant_model::engine::Event;
+        loop {
+            let (_, e) = self
+                .rx
+                .recv_timeout(std::time::Duration::from_secs(600))
+                .map_err(|_| "the engine went quiet".to_string())?;
+            match e {
+                Event::Done { job, .. } | Event::Failed { job, .. } if job == id => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+const QUESTION: &str = "What does my health plan cover when I see a specialist?";
+
+/// Time to first token of one question on an idle engine (an answer of one token: text held back
+/// for a possible stop string would otherwise delay the first text by steps).
+fn ttft_alone(t: &Timed, id: u64) -> Result<f64, String> {
+    let start = Instant::now();
+    t.engine
+        .submit(ask(id, QUESTION, 1))
+        .map_err(|e| e.to_string())?;
+    let first = t.first_text(id)?;
+    t.end(id)?;
+    Ok((first - start).as_secs_f64() * 1e3)
+}
+
+pub fn run_engine(args: &EngineBenchArgs) -> Result<u8, String> {
+    use std::sync::atomic::Ordering;
+    let repeat = args.repeat.max(1);
+    let mut next_id = 1u64;
+    let mut id = || {
+        next_id += 1;
+        next_id
+    };
+
+    // Alone, then while `others` answers stream (decode steps timed from the engine's counter).
+    let t = timed_engine(args, "", args.others + 1)?;
+    ttft_alone(&t, id())?; // warm-up
+    let alone = median(
+        (0..repeat)
+            .map(|_| ttft_alone(&t, id()))
+            .collect::<Result<_, _>>()?,
+    );
+    let mut loaded = Vec::new();
+    let mut step_ms = Vec::new();
+    for _ in 0..repeat {
+        let others: Vec<u64> = (0..args.others).map(|_| id()).collect();
+        for &o in &others {
+            t.engine
+                .submit(ask(o, "Tell me a long story about insurance.", 2000))
+                .map_err(|e| e.to_string())?;
+        }
+        // All streaming: every other has produced text; then the decode step time over a window.
+        for &o in &others {
+            t.first_text(o)?;
+        }
+        let (s0, t0) = (
+            t.engine.stats().steps.load(Ordering::Acquire),
+            Instant::now(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let (s1, t1) = (
+            t.engine.stats().steps.load(Ordering::Acquire),
+            Instant::now(),
+        );
+        step_ms.push((t1 - t0).as_secs_f64() * 1e3 / (s1 - s0).max(1) as f64);
+        let q = id();
+        let start = Instant::now();
+        t.engine
+            .submit(ask(q, QUESTION, 1))
+            .map_err(|e| e.to_string())?;
+        loaded.push((t.first_text(q)? - start).as_secs_f64() * 1e3);
+        for &o in &others {
+            t.engine.cancel(o);
+        }
+        t.end(q)?;
+        // Let the cancellations land.
+        while t.engine.stats().jobs.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        while t.rx.try_recv().is_ok() {}
+    }
+    drop(t);
+    let (loaded, step) = (median(loaded), median(step_ms));
+
+    // A system prompt of `system_bytes`, computed at spawn: the first turn after it.
+    let sentence =
+        "You answer members' questions about their health plan: coverage, costs, claims. ";
+    let system: String = sentence.chars().cycle().take(args.system_bytes).collect();
+    let t = timed_engine(args, &system, 1)?;
+    ttft_alone(&t, id())?;
+    let with_system = median(
+        (0..repeat)
+            .map(|_| ttft_alone(&t, id()))
+            .collect::<Result<_, _>>()?,
+    );
+    let prefix_bytes = t.engine.stats().kv_bytes.load(Ordering::Acquire);
+    drop(t);
+    let per_token = {
+        let c = confidant_model::BloomConfig::from_json(
+            &std::fs::read_to_string(args.model.join("config.json")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        (c.n_layer * 2 * c.hidden_size * 4) as u64
+    };
+
+    println!(
+        "{}",
+        json!({
+            "dtype": args.dtype.name(),
+            "others": args.others,
+            "ttft_alone_ms": alone,
+            "decode_step_ms_with_others": step,
+            "ttft_while_others_stream_ms": loaded,
+            // The goal: at most its prefill (the time to first token alone) plus 2 decode steps.
+            "ttft_bound_ms": alone + 2.0 * step,
+            "ttft_within_bound": loaded <= alone + 2.0 * step,
+            "system_prompt_bytes": args.system_bytes,
+            "system_prompt_kv_mb": prefix_bytes as f64 / (1 << 20) as f64,
+            "system_prompt_tokens": prefix_bytes / per_token.max(1),
+            "ttft_after_system_prompt_ms": with_system,
+            // The goal: at most 1.2 × the same turn without one.
+            "system_prompt_ttft_ratio": with_system / alone,
+        })
+    );
+    Ok(0)
+}

@@ -26,19 +26,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a BLOOM checkpoint against reference logits and greedy continuations.
-    Check {
-        /// Model directory (config.json and model.safetensors).
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
-        /// Reference file (cases of input ids, last-position logits, 12-token greedy continuation).
-        #[arg(long, value_name = "FILE")]
-        reference: PathBuf,
-        #[arg(long, value_enum, default_value = "f32")]
-        dtype: Dtype,
-    },
+    /// Check a BLOOM checkpoint against reference logits and greedy continuations (f32), and measure
+    /// how close bf16 and int8 stay to f32; prints one JSON object.
+    Check(check::CheckArgs),
     /// Time prefill and decoding; prints one JSON object.
     Bench(bench::BenchArgs),
+    /// Time to first token in the inference engine: alone, while others stream, after a long
+    /// system prompt; one JSON object.
+    BenchEngine(bench::EngineBenchArgs),
     /// Time a whole answer in process (the baseline of the end-to-end overhead); one JSON object.
     #[command(hide = true)]
     BenchGenerate(bench::GenerateBenchArgs),
@@ -122,13 +117,10 @@ fn answer(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check {
-            model,
-            reference,
-            dtype,
-        } => check::run(&model, &reference, dtype),
+        Command::Check(args) => check::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchGenerate(args) => bench::run_generate(&args),
+        Command::BenchEngine(args) => bench::run_engine(&args),
         Command::BenchKernels {
             threads,
             tokens,
