@@ -15,7 +15,7 @@ D=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$D"' EXIT
 "$BIN/confidant-ops" dev-ca --out "$D/ca" 2>/dev/null
-"$BIN/confidant-model" demo-model --out "$D/demo" 2>/dev/null
+"$BIN/confidant-model" demo-model --random --out "$D/demo" 2>/dev/null
 mkdir "$D/plain" "$D/enc"
 ln -s "$(realpath "$SRC/model.safetensors")" "$D/plain/model.safetensors"
 for m in plain enc; do

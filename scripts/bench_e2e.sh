@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 BIN=target/release
 N=${N:-20}
 D=$(mktemp -d)
-"$BIN/confidant-model" demo-model --out "$D/model" 2>/dev/null
+"$BIN/confidant-model" demo-model --random --out "$D/model" 2>/dev/null
 "$BIN/confidant-ops" dev-ca --out "$D/ca" 2>/dev/null
 "$BIN/confidant-enclave" serve --listen "unix:$D/e.sock" --model "$D/model" --nsm emulated --dev-ca "$D/ca" --threads 1 > "$D/e.out" 2>/dev/null &
 E=$!

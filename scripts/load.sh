@@ -13,7 +13,7 @@ D=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
-"$BIN/confidant-model" demo-model --out "$D/model" 2>/dev/null
+"$BIN/confidant-model" demo-model --random --out "$D/model" 2>/dev/null
 "$BIN/confidant-ops" dev-ca --out "$D/ca" 2>/dev/null
 "$BIN/confidant-enclave" serve --listen "unix:$D/e.sock" --model "$D/model" --nsm emulated --dev-ca "$D/ca" \
   --queue 256 > "$D/e.out" 2> "$D/e.log" &

@@ -1,7 +1,6 @@
-//! The local default's model: a byte-level BPE tokenizer trained on text the project ships, and a
-//! random-weight BLOOM of matching vocabulary, both deterministic from a seed. Its answers are
-//! random-looking text; it exists so the whole pipeline (attestation, encryption, libtorch inference,
-//! streaming) runs on a machine that cannot download bigscience/bloom-560m.
+//! Small BLOOM checkpoints the project makes itself: the byte-level BPE tokenizer trained on the text
+//! it ships, the checkpoint writer, and a random-weight model for tests (a test double: its answers are
+//! noise). The demo's model is trained on the same corpus by [`crate::train`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,10 +17,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::ModelError;
 
-/// Text the demo tokenizer is trained on.
-pub const CORPUS: &str = include_str!("../assets/demo-corpus.txt");
-
-/// Shape of the demo model.
+/// Shape of the random-weight test model.
 #[derive(Debug, Clone, Copy)]
 pub struct DemoSpec {
     pub seed: u64,
@@ -44,12 +40,13 @@ impl Default for DemoSpec {
     }
 }
 
-fn tok_err(e: impl std::fmt::Display) -> ModelError {
+pub(crate) fn tok_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
 
-/// Trains the BPE tokenizer (special tokens at BLOOM's ids: `<unk>` 0, `<s>` 1, `</s>` 2, `<pad>` 3).
-pub fn train_tokenizer(vocab_target: usize) -> Result<Tokenizer, ModelError> {
+/// Trains the BPE tokenizer on `lines` (special tokens at BLOOM's ids: `<unk>` 0, `<s>` 1, `</s>` 2,
+/// `<pad>` 3). Every byte is in its alphabet, so any text encodes.
+pub fn train_tokenizer(vocab_target: usize, lines: &[String]) -> Result<Tokenizer, ModelError> {
     let specials = ["<unk>", "<s>", "</s>", "<pad>"]
         .map(|t| AddedToken::from(t, true))
         .to_vec();
@@ -64,9 +61,8 @@ pub fn train_tokenizer(vocab_target: usize) -> Result<Tokenizer, ModelError> {
     tokenizer.with_pre_tokenizer(Some(ByteLevel::default()));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-    let lines: Vec<&str> = CORPUS.lines().collect();
     tokenizer
-        .train(&mut trainer, lines.into_iter())
+        .train(&mut trainer, lines.iter())
         .map_err(tok_err)?;
     Ok(tokenizer)
 }
@@ -88,39 +84,26 @@ fn normals(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
     out
 }
 
-/// Writes `config.json`, `tokenizer.json` and `model.safetensors` to `dir`.
+/// A tensor to save: name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// The layer shape a checkpoint's config states.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub hidden_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+}
+
+/// Writes the random-weight test model (`config.json`, `tokenizer.json`, `model.safetensors`) to `dir`.
 pub fn write_demo_model(dir: &Path, spec: DemoSpec) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::Io(format!("{}: {e}", dir.display())))?;
-    let tokenizer = train_tokenizer(spec.vocab_target)?;
+    let lines = crate::train::transcript(&crate::train::pairs(crate::train::QA)?);
+    let tokenizer = train_tokenizer(spec.vocab_target, &lines)?;
     let vocab = tokenizer.get_vocab_size(true);
-    let tokenizer_json = tokenizer.to_string(false).map_err(tok_err)?;
-    write(dir, "tokenizer.json", tokenizer_json.as_bytes())?;
-
-    let config = json!({
-        "model_type": "bloom",
-        "architectures": ["BloomForCausalLM"],
-        "vocab_size": vocab,
-        "hidden_size": spec.hidden_size,
-        "n_layer": spec.n_layer,
-        "n_head": spec.n_head,
-        "layer_norm_epsilon": 1e-5,
-        "apply_residual_connection_post_layernorm": false,
-        "tie_word_embeddings": true,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 3,
-        "confidant_demo": { "seed": spec.seed, "note": "random weights; not a trained model" },
-    });
-    write(
-        dir,
-        "config.json",
-        (serde_json::to_string_pretty(&config).unwrap_or_default() + "\n").as_bytes(),
-    )?;
-
     let h = spec.hidden_size;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let ln = |name: &str, tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>| {
+    let mut tensors: Vec<NamedTensor> = Vec::new();
+    let ln = |name: &str, tensors: &mut Vec<NamedTensor>| {
         tensors.push((format!("{name}.weight"), vec![h], vec![1.0; h]));
         tensors.push((format!("{name}.bias"), vec![h], vec![0.0; h]));
     };
@@ -149,7 +132,50 @@ pub fn write_demo_model(dir: &Path, spec: DemoSpec) -> Result<(), ModelError> {
         }
     }
     ln("ln_f", &mut tensors);
+    let shape = Shape {
+        hidden_size: h,
+        n_layer: spec.n_layer,
+        n_head: spec.n_head,
+    };
+    let note = format!(
+        "random weights (seed {}): a test double, not a trained model",
+        spec.seed
+    );
+    write_checkpoint(dir, &tokenizer, shape, &note, tensors)
+}
 
+/// Writes a BLOOM checkpoint: `config.json` (with `note` under `confidant_demo`), `tokenizer.json` and
+/// `model.safetensors` (f32, tied embeddings).
+pub fn write_checkpoint(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    shape: Shape,
+    note: &str,
+    tensors: Vec<NamedTensor>,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::Io(format!("{}: {e}", dir.display())))?;
+    let tokenizer_json = tokenizer.to_string(false).map_err(tok_err)?;
+    write(dir, "tokenizer.json", tokenizer_json.as_bytes())?;
+    let config = json!({
+        "model_type": "bloom",
+        "architectures": ["BloomForCausalLM"],
+        "vocab_size": tokenizer.get_vocab_size(true),
+        "hidden_size": shape.hidden_size,
+        "n_layer": shape.n_layer,
+        "n_head": shape.n_head,
+        "layer_norm_epsilon": 1e-5,
+        "apply_residual_connection_post_layernorm": false,
+        "tie_word_embeddings": true,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 3,
+        "confidant_demo": { "note": note },
+    });
+    write(
+        dir,
+        "config.json",
+        (serde_json::to_string_pretty(&config).unwrap_or_default() + "\n").as_bytes(),
+    )?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))

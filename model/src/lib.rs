@@ -14,6 +14,7 @@ pub mod template;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 use std::path::Path;

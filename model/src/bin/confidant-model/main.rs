@@ -64,13 +64,22 @@ enum Command {
         #[arg(value_name = "QUESTION", required = true)]
         questions: Vec<String>,
     },
-    /// Write the local default's model: a BPE tokenizer trained on shipped text and a random-weight
-    /// BLOOM of matching vocabulary, deterministic from the seed.
+    /// Train the local default's model: a BPE tokenizer and a small BLOOM fitted to the shipped
+    /// question-and-answer corpus (model/assets/demo-qa.txt), deterministic from the seed and threads.
     DemoModel {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Training steps.
+        #[arg(long, default_value_t = confidant_model::train::TrainSpec::default().steps)]
+        steps: usize,
+        /// libtorch threads (part of the recipe: results are reproducible for the same count).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Write random weights instead of training (a test double for pipeline tests: its answers are noise).
+        #[arg(long)]
+        random: bool,
     },
 }
 
@@ -114,6 +123,44 @@ fn answer(
     Ok(0)
 }
 
+fn demo_model(
+    out: &std::path::Path,
+    seed: u64,
+    steps: usize,
+    threads: usize,
+    random: bool,
+) -> Result<u8, String> {
+    if random {
+        let spec = confidant_model::demo::DemoSpec {
+            seed,
+            ..Default::default()
+        };
+        confidant_model::demo::write_demo_model(out, spec).map_err(|e| e.to_string())?;
+        eprintln!("wrote a random-weight test model to {}", out.display());
+        return Ok(0);
+    }
+    let spec = confidant_model::train::TrainSpec {
+        seed,
+        steps,
+        threads,
+        ..Default::default()
+    };
+    let report = confidant_model::train::train_demo_model(out, spec, &mut |step, loss| {
+        eprintln!("step {step:>4}/{steps}  loss {loss:.3}");
+    })
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "trained the demo model in {:.1} s ({} conversations, {} tokens per epoch, loss {:.3} -> {:.3}); wrote {}",
+        report.seconds,
+        report.examples,
+        report.tokens_per_epoch,
+        report.first_loss,
+        report.final_loss,
+        out.display()
+    );
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -133,18 +180,13 @@ fn main() -> ExitCode {
             dtype,
             questions,
         } => answer(&model, &system, max_tokens, dtype, &questions),
-        Command::DemoModel { out, seed } => {
-            let spec = confidant_model::demo::DemoSpec {
-                seed,
-                ..Default::default()
-            };
-            confidant_model::demo::write_demo_model(&out, spec)
-                .map(|()| {
-                    eprintln!("wrote the demo model to {}", out.display());
-                    0
-                })
-                .map_err(|e| e.to_string())
-        }
+        Command::DemoModel {
+            out,
+            seed,
+            steps,
+            threads,
+            random,
+        } => demo_model(&out, seed, steps, threads, random),
     };
     match result {
         Ok(code) => ExitCode::from(code),
