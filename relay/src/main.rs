@@ -56,6 +56,18 @@ struct Args {
     /// Use (or make) a self-signed certificate in DIR; clients trust DIR/cert.pem with --relay-ca.
     #[arg(long, value_name = "DIR")]
     self_signed: Option<PathBuf>,
+    /// A name (DNS name or IP address) the self-signed certificate also covers, besides localhost,
+    /// 127.0.0.1 and ::1; repeatable.
+    #[arg(
+        long = "self-signed-name",
+        value_name = "NAME",
+        requires = "self_signed"
+    )]
+    self_signed_names: Vec<String>,
+    /// Seconds between checks of the certificate files: a renewed certificate is served without a
+    /// restart (0: never reload).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    cert_reload: u64,
     /// Connections at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -142,19 +154,37 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let (certs, key) = match (&args.cert, &args.key, &args.self_signed) {
-        (Some(c), Some(k), None) => tls::load(c, k)?,
-        (None, None, Some(dir)) => tls::self_signed(dir)?,
+    let (cert, key) = match (&args.cert, &args.key, &args.self_signed) {
+        (Some(c), Some(k), None) => (c.clone(), k.clone()),
+        (None, None, Some(dir)) => tls::self_signed(dir, &args.self_signed_names)?,
         _ => return Err("give --cert and --key, or --self-signed DIR".into()),
     };
+    let certificate = tls::Reloading::new(cert, key)?;
+    if args.cert_reload > 0 {
+        let certificate = certificate.clone();
+        let every = Duration::from_secs(args.cert_reload);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match certificate.refresh() {
+                    Ok(true) => tracing::info!("reloaded the TLS certificate"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        "the TLS certificate did not reload, keeping the old one: {e}"
+                    ),
+                }
+            }
+        });
+    }
     let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .map_err(|e| e.to_string())?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("certificate: {e}"))?;
+    .with_cert_resolver(certificate);
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?,
