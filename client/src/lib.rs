@@ -5,6 +5,7 @@
 
 pub mod cache;
 mod client;
+pub mod config;
 pub mod conformance;
 mod error;
 pub mod input;

@@ -69,9 +69,13 @@ fn roots(relay_ca: Option<&Path>) -> Result<rustls::RootCertStore, RemoteError> 
         }
     }
     if store.is_empty() {
-        return Err(RemoteError::Setup(
-            "no CA certificate to check the relay with (give --relay-ca)".into(),
-        ));
+        return Err(RemoteError::Setup(match relay_ca {
+            Some(path) => format!(
+                "--relay-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+                path.display()
+            ),
+            None => "no system CA certificates to check the relay with; give --relay-ca PEM".into(),
+        }));
     }
     Ok(store)
 }

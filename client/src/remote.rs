@@ -75,6 +75,25 @@ impl RemoteError {
         })
     }
 
+    /// Whether this is a verdict against the enclave (its document, what it commits to, or limits it
+    /// attested), printed as `rejected: <code>`, rather than a failure to talk to it.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            RemoteError::Attestation(_) | RemoteError::Limit { .. } => true,
+            RemoteError::Protocol(e) => matches!(
+                e,
+                ProtocolError::ModelMismatch
+                    | ProtocolError::SettingsMismatch
+                    | ProtocolError::DtypeMismatch
+                    | ProtocolError::KeyConfigsMismatch
+                    | ProtocolError::KeysExpired { .. }
+                    | ProtocolError::MalformedUserData(_)
+                    | ProtocolError::NoSupportedSuite
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether re-attesting may help (the enclave restarted or rotated its keys).
     pub fn wants_fresh_keys(&self) -> bool {
         const STALE: [Code; 4] = [
@@ -105,6 +124,18 @@ pub struct Attested {
     pub key_configs: Vec<u8>,
     pub verified: Verified,
     pub recipient: Recipient,
+    /// Taken from the cache rather than fetched by this process.
+    pub cached: bool,
+}
+
+impl Attested {
+    /// Seconds since the enclave made the document (when it was fetched, since it carried our nonce).
+    pub fn age_secs(&self) -> u64 {
+        UnixMillis::now()
+            .as_millis()
+            .saturating_sub(self.verified.doc().timestamp)
+            / 1000
+    }
 }
 
 /// Fetches a fresh document (with our nonce) and verifies it and its key configs.
@@ -148,6 +179,7 @@ pub fn check(
         key_configs,
         verified,
         recipient,
+        cached: false,
     })
 }
 

@@ -2,6 +2,7 @@
 //! protocol expectations. Every remote command builds one [`Trust`] from a [`TrustConfig`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use confidant_protocol::{Expectations, UnixMillis};
 use confidant_verifier::{PcrPin, Policy, Verifier};
@@ -26,9 +27,13 @@ pub struct TrustConfig {
     pub settings_digest: Option<String>,
     /// Inference dtype (`f32`, `bf16`, `int8`) the enclave must attest.
     pub dtype: Option<String>,
-    /// Maximum age of a fetched document, seconds.
+    /// Maximum age of a fetched document, seconds; also bounds how old a cached one may be.
     pub max_age: Option<u64>,
     pub allow_debug: bool,
+    /// Accept an enclave whose measurements are not pinned (experiments only).
+    pub allow_unpinned: bool,
+    /// Values from the configuration file, used where neither a flag nor the policy file gives one.
+    pub file: crate::config::ConfigFile,
 }
 
 /// Everything needed to decide whether to trust an enclave.
@@ -38,7 +43,19 @@ pub struct Trust {
     pub model: Option<[u8; 32]>,
     pub settings: Option<[u8; 32]>,
     pub dtype: Option<String>,
+    /// What is pinned, for the user to see ("PCR0", "settings digest", …); empty only when unpinned
+    /// runs were explicitly allowed.
+    pub pins: Vec<String>,
+    /// A cached document older than this is not used (`None`: until its keys expire).
+    pub cache_max_age: Option<Duration>,
 }
+
+/// Why an unpinned run is refused, with how to pin.
+pub const UNPINNED: &str =
+    "unpinned: refusing to send anything to an enclave whose measurements are not pinned, \
+since any Nitro enclave of any AWS account would pass; pin the image with --pcr 0=HEX (and 1, 2), \
+or --policy FILE, or [pcrs] in the config file (values from `confidant-enclave measure` or the \
+operator's release notes); --insecure-unpinned accepts any enclave, for experiments only";
 
 impl std::fmt::Debug for Trust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,28 +82,63 @@ fn digest_arg(name: &str, v: &Option<String>) -> Result<Option<[u8; 32]>, SetupE
 impl Trust {
     /// Builds the trust: defaults, then the policy file, then explicit values (which win).
     pub fn build(config: &TrustConfig) -> Result<Trust, SetupError> {
+        // The config file's pins first: a flag for the same PCR replaces it.
+        let mut pcrs = Vec::new();
+        for (index, value) in &config.file.pcrs {
+            let pin: PcrPin = format!("{index}={value}").parse().map_err(
+                |e: confidant_verifier::PolicyError| {
+                    SetupError::Invalid(format!("config file [pcrs]: {e}"))
+                },
+            )?;
+            pcrs.push(pin);
+        }
+        pcrs.extend(config.pcrs.iter().cloned());
+        let policy_path = config.policy.clone().or(config.file.policy.clone());
+        let max_age = config.max_age.or(config.file.max_age_secs);
         let policy = build_policy(
             &PolicyArgs {
-                file: config.policy.as_deref(),
-                pcrs: &config.pcrs,
-                max_age_secs: config.max_age,
+                file: policy_path.as_deref(),
+                pcrs: &pcrs,
+                max_age_secs: max_age,
                 allow_debug: config.allow_debug,
                 ..PolicyArgs::default()
             },
             FRESH_MAX_AGE_SECS,
         )
         .map_err(|e| SetupError::Invalid(e.to_string()))?;
-        let verifier = Verifier::new(crate::roots::load(&config.roots)?)
+        let roots = if config.roots.is_empty() {
+            &config.file.roots
+        } else {
+            &config.roots
+        };
+        let verifier = Verifier::new(crate::roots::load(roots)?)
             .map_err(|e| SetupError::Invalid(format!("--root: {}", e.detail())))?;
         // The digests live in user_data, which the verifier's policy does not interpret: read them
         // from the file here (the explicit value wins, as for every other pin).
-        let file = match &config.policy {
+        let file = match &policy_path {
             Some(path) => PolicyFile::load(path).map_err(|e| SetupError::Invalid(e.to_string()))?,
             None => PolicyFile::default(),
         };
-        let model = config.model_digest.clone().or(file.model_digest);
-        let settings = config.settings_digest.clone().or(file.settings_digest);
-        let dtype = config.dtype.clone().or(file.dtype);
+        let model = (config.model_digest.clone().or(file.model_digest))
+            .or(config.file.model_digest.clone());
+        let settings = (config.settings_digest.clone().or(file.settings_digest))
+            .or(config.file.settings_digest.clone());
+        let dtype = (config.dtype.clone().or(file.dtype)).or(config.file.dtype.clone());
+        // The workload must be named: PCR0 (the image) or PCR8 (the certificate that signed it).
+        let mut pins: Vec<String> = policy.pcrs().keys().map(|i| format!("PCR{i}")).collect();
+        let workload = policy.pcrs().contains_key(&0) || policy.pcrs().contains_key(&8);
+        if !workload && !config.allow_unpinned {
+            return Err(SetupError::Invalid(UNPINNED.into()));
+        }
+        for (name, set) in [
+            ("model digest", model.is_some()),
+            ("settings digest", settings.is_some()),
+            ("dtype", dtype.is_some()),
+        ] {
+            if set {
+                pins.push(name.into());
+            }
+        }
         if let Some(d) = &dtype {
             if !matches!(d.as_str(), "f32" | "bf16" | "int8") {
                 return Err(SetupError::Invalid(format!(
@@ -98,6 +150,8 @@ impl Trust {
             dtype,
             verifier,
             policy,
+            pins: if workload { pins } else { Vec::new() },
+            cache_max_age: max_age.map(Duration::from_secs),
             model: digest_arg("--model-digest", &model)?,
             settings: digest_arg("--settings-digest", &settings)?,
         })
@@ -130,6 +184,7 @@ mod tests {
         let config = |settings_digest: Option<String>| TrustConfig {
             policy: Some(path.clone()),
             settings_digest,
+            allow_unpinned: true,
             ..TrustConfig::default()
         };
         let trust = Trust::build(&config(None)).expect("build");
@@ -142,5 +197,61 @@ mod tests {
             Trust::build(&config(None)),
             Err(SetupError::Invalid(m)) if m.contains("64 hex digits")
         ));
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_trusted_unless_the_workload_is_pinned_or_unpinned_runs_are_asked_for() {
+        let e = Trust::build(&TrustConfig::default())
+            .expect_err("unpinned")
+            .to_string();
+        assert!(e.starts_with("unpinned: "), "{e}");
+        // A PCR1 pin alone does not name the workload.
+        let pcr = |i: usize| PcrPin::new(i, &[7; 48]).expect("pin");
+        let only1 = TrustConfig {
+            pcrs: vec![pcr(1)],
+            ..TrustConfig::default()
+        };
+        assert!(Trust::build(&only1).is_err());
+        for i in [0, 8] {
+            let trust = Trust::build(&TrustConfig {
+                pcrs: vec![pcr(i)],
+                ..TrustConfig::default()
+            })
+            .expect("pinned");
+            assert_eq!(trust.pins, vec![format!("PCR{i}")]);
+        }
+        let open = Trust::build(&TrustConfig {
+            allow_unpinned: true,
+            ..TrustConfig::default()
+        })
+        .expect("allowed");
+        assert!(open.pins.is_empty());
+    }
+
+    #[test]
+    fn config_file_pins_apply_and_flags_replace_them() {
+        let mut file = crate::config::ConfigFile::default();
+        file.pcrs.insert("0".into(), "11".repeat(48));
+        file.settings_digest = Some("ab".repeat(32));
+        let trust = Trust::build(&TrustConfig {
+            file: file.clone(),
+            ..TrustConfig::default()
+        })
+        .expect("pinned by file");
+        assert_eq!(trust.policy.pcrs()[&0], [0x11; 48]);
+        assert_eq!(trust.settings, Some([0xab; 32]));
+        let flag = PcrPin::new(0, &[0x22; 48]).expect("pin");
+        let trust = Trust::build(&TrustConfig {
+            file,
+            pcrs: vec![flag],
+            ..TrustConfig::default()
+        })
+        .expect("pinned");
+        assert_eq!(trust.policy.pcrs()[&0], [0x22; 48], "the flag wins");
     }
 }

@@ -352,7 +352,8 @@ fn a_relay_that_drips_bytes_cannot_stall_the_client() {
         .args(pins())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Exit 3: the service could not be reached in time, worth retrying (not a rejection).
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).starts_with("error: timeout:"),
         "{}",

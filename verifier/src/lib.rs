@@ -40,6 +40,6 @@ pub use aws_nitro_enclaves_nsm_api::api::AttestationDoc;
 pub use chain::{CertCache, CertSummary};
 pub use error::{Code, Error};
 pub use policy::{PcrPin, Policy, PolicyError, VerifyAt, DEFAULT_FUTURE_SKEW, DEFAULT_MAX_AGE};
-pub use report::{Report, Step, StepName, StepStatus};
+pub use report::{Report, Step, StepName, StepStatus, TrustRoot, AWS_NITRO_ROOT_G1_SHA256};
 pub use time::UnixMillis;
 pub use verifier::{Verified, Verifier};

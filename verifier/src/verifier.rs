@@ -6,7 +6,7 @@ use crate::chain::{parse_document_certs, verify_path, Cert, CertCache};
 use crate::document;
 use crate::error::{Code, Error};
 use crate::policy::{check_freshness, check_policy, Policy, VerifyAt};
-use crate::report::{Report, Step, StepName, StepStatus};
+use crate::report::{Report, Step, StepName, StepStatus, TrustRoot};
 use crate::signature::{sig_structure, verify_es384};
 
 /// A document that passed every step. Only [`Verifier::verify`] makes one, so holding a `Verified` is
@@ -15,12 +15,18 @@ use crate::signature::{sig_structure, verify_es384};
 pub struct Verified {
     doc: AttestationDoc,
     sha256: [u8; 32],
+    root: TrustRoot,
 }
 
 impl Verified {
     /// The decoded document.
     pub fn doc(&self) -> &AttestationDoc {
         &self.doc
+    }
+
+    /// The pinned root the document chained to.
+    pub fn root(&self) -> &TrustRoot {
+        &self.root
     }
 
     /// SHA-256 of the document bytes as received: what a request binds to.
@@ -70,14 +76,14 @@ impl Verifier {
     /// Verifies `bytes`, returning the decoded document only if every step passes.
     pub fn verify(&self, bytes: &[u8], policy: &Policy, at: VerifyAt) -> Result<Verified, Error> {
         let report = self.report(bytes, policy, at);
-        match (report.error, report.document) {
-            (None, Some(doc)) => {
-                let mut sha256 = [0u8; 32];
-                sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-                Ok(Verified { doc, sha256 })
-            }
-            (Some(e), _) => Err(e),
-            (None, None) => Err(Error::new(Code::Malformed, "no document")),
+        match (report.error, report.document, report.root) {
+            (None, Some(doc), Some(root)) => Ok(Verified {
+                doc,
+                sha256: sha256(bytes),
+                root,
+            }),
+            (Some(e), _, _) => Err(e),
+            (None, _, _) => Err(Error::new(Code::Malformed, "no document")),
         }
     }
 
@@ -86,6 +92,7 @@ impl Verifier {
         let mut report = Report {
             document: None,
             chain: Vec::new(),
+            root: None,
             steps: Vec::with_capacity(StepName::ALL.len()),
             error: None,
         };
@@ -157,6 +164,10 @@ impl Verifier {
             VerifyAt::DocumentTime => parsed.doc.timestamp,
         };
         let path = verify_path(&roots, &bundle, &leaf, i128::from(at_ms), &self.cache)?;
+        report.root = Some(TrustRoot {
+            subject: roots[path.root_index].subject(),
+            sha256: sha256(&self.roots[path.root_index]),
+        });
         passed(
             report,
             StepName::Chain,
@@ -199,4 +210,10 @@ impl Verifier {
         passed(report, StepName::Policy, detail);
         Ok(())
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }

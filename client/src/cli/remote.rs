@@ -4,30 +4,33 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use confidant_client::config::ConfigFile;
 use confidant_client::remote::{self, Attested};
-use confidant_client::{Client, RemoteError, Timeouts, Trust, TrustConfig};
+use confidant_client::{input, Client, RemoteError, ReportedCode, Timeouts, Trust, TrustConfig};
 use confidant_protocol::keyconfig::decode_list;
-use confidant_protocol::message::Ask;
+use confidant_protocol::message::{Ask, Finish};
 use confidant_protocol::session::ClientSession;
+use confidant_protocol::Code;
 use confidant_verifier::PcrPin;
 use serde_json::json;
 
 use crate::time_arg::{format_ms, format_secs};
 use crate::{exit, CliError};
 
-/// The trust options every remote command shares.
+/// The trust options every remote command shares. Flags win over environment variables, which win
+/// over the configuration file (`confidant config-path` prints where it is looked for).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrustArgs {
-    /// The relay in front of the enclave.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub relay: String,
+    /// The relay in front of the enclave [env: CONFIDANT_RELAY; config: relay].
+    #[arg(long, value_name = "HOST:PORT", env = "CONFIDANT_RELAY")]
+    pub relay: Option<String>,
     /// CA certificate (PEM) for the relay's TLS certificate [default: the system roots].
     #[arg(long, value_name = "PEM")]
     pub relay_ca: Option<PathBuf>,
     /// Trust this attestation root instead of the AWS Nitro root (e.g. a development root).
     #[arg(long = "root", value_name = "PEM")]
     pub roots: Vec<PathBuf>,
-    /// Pin a PCR (index and 48 bytes of hex); repeatable.
+    /// Pin a PCR (index and 48 bytes of hex); repeatable. PCR0 (or PCR8) must be pinned.
     #[arg(long = "pcr", value_name = "IDX=HEX")]
     pub pcrs: Vec<PcrPin>,
     /// TOML policy file (pcrs, max_age_secs, allow_debug, model_digest, settings_digest, dtype).
@@ -42,23 +45,51 @@ pub struct TrustArgs {
     /// The inference dtype the enclave must attest: f32, bf16 or int8 (the weights' precision).
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<String>,
-    /// Maximum age of a fetched attestation document, seconds.
+    /// Maximum age of a fetched document, seconds; a cached one older than this is fetched again.
     #[arg(long, value_name = "SECS")]
     pub max_age: Option<u64>,
     /// Accept an enclave in debug mode (PCR0 all zeros).
     #[arg(long)]
     pub allow_debug: bool,
-    /// Seconds to wait for the relay's QUIC connection.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub connect_timeout: u64,
-    /// Seconds an exchange (a question and its whole answer) may take, however the bytes trickle in.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    pub timeout: u64,
+    /// Accept ANY enclave, pinned or not: for experiments only, never with real data.
+    #[arg(long)]
+    pub insecure_unpinned: bool,
+    /// Fetch a fresh attestation instead of using the cache.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Seconds to wait for the relay's QUIC connection [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+    /// Seconds an exchange (a question and its whole answer) may take, however the bytes trickle in
+    /// [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Configuration file [env: CONFIDANT_CONFIG; default: ~/.config/confidant/config.toml].
+    #[arg(long, value_name = "FILE", env = "CONFIDANT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// No progress or attestation lines on stderr (errors still go there).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The relay and trust, resolved from flags, environment and the configuration file.
+struct Resolved {
+    relay: String,
+    relay_ca: Option<PathBuf>,
+    trust: Trust,
+    timeouts: Timeouts,
 }
 
 impl TrustArgs {
-    fn trust(&self) -> Result<Trust, CliError> {
-        Trust::build(&TrustConfig {
+    fn resolve(&self) -> Result<Resolved, CliError> {
+        let (_, file) = ConfigFile::load(self.config.as_deref())?;
+        let relay = self.relay.clone().or(file.relay.clone()).ok_or_else(|| {
+            CliError::Invalid(
+                "no relay: give --relay HOST:PORT, set CONFIDANT_RELAY, or put relay in the config file"
+                    .into(),
+            )
+        })?;
+        let trust = Trust::build(&TrustConfig {
             roots: self.roots.clone(),
             pcrs: self.pcrs.clone(),
             policy: self.policy.clone(),
@@ -67,21 +98,77 @@ impl TrustArgs {
             dtype: self.dtype.clone(),
             max_age: self.max_age,
             allow_debug: self.allow_debug,
+            allow_unpinned: self.insecure_unpinned,
+            file: file.clone(),
+        })?;
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(
+                self.connect_timeout
+                    .or(file.connect_timeout_secs)
+                    .unwrap_or(5)
+                    .max(1),
+            ),
+            exchange: Duration::from_secs(self.timeout.or(file.timeout_secs).unwrap_or(120).max(1)),
+            ..Timeouts::default()
+        };
+        Ok(Resolved {
+            relay,
+            relay_ca: self.relay_ca.clone().or(file.relay_ca),
+            trust,
+            timeouts,
         })
     }
 
+    fn progress(&self, message: &str) {
+        if !self.quiet && std::io::stderr().is_terminal() {
+            eprintln!("\u{2026} {message}");
+        }
+    }
+
     /// Connects to the relay with this trust.
-    async fn connect(&self) -> Result<Client, RemoteError> {
-        let trust = self
-            .trust()
-            .map_err(|e| RemoteError::Setup(e.to_string()))?;
-        progress("connecting to the relay");
-        let timeouts = Timeouts {
-            connect: Duration::from_secs(self.connect_timeout.max(1)),
-            exchange: Duration::from_secs(self.timeout.max(1)),
-            ..Timeouts::default()
+    async fn connect(&self, resolved: Resolved) -> Result<Client, RemoteError> {
+        self.progress(&format!("connecting to the relay {}", resolved.relay));
+        let client = Client::connect(
+            &resolved.relay,
+            resolved.relay_ca.as_deref(),
+            resolved.trust,
+            resolved.timeouts,
+        )
+        .await?;
+        Ok(if self.fresh {
+            client.without_cache()
+        } else {
+            client
+        })
+    }
+
+    /// The line every successful attestation prints: what was trusted in the end.
+    fn announce(&self, a: &Attested, pins: &[String]) {
+        if self.quiet {
+            return;
+        }
+        let root = a.verified.root();
+        let source = if a.cached {
+            format!("cached, fetched {} s ago", a.age_secs())
+        } else {
+            "fetched now".into()
         };
-        Client::connect(&self.relay, self.relay_ca.as_deref(), trust, timeouts).await
+        eprintln!(
+            "attested {} ({source}); root {} [{}]{}; pinned {}",
+            a.verified.doc().module_id,
+            root.subject,
+            &hex::encode(root.sha256)[..16],
+            if root.is_aws_nitro_root() {
+                ", the AWS Nitro root"
+            } else {
+                ", a DEVELOPMENT root, not AWS"
+            },
+            if pins.is_empty() {
+                "NOTHING (--insecure-unpinned: any enclave would have been accepted)".to_string()
+            } else {
+                pins.join(", ")
+            }
+        );
     }
 }
 
@@ -150,12 +237,6 @@ pub struct ChatArgs {
     generation: GenerationArgs,
 }
 
-fn progress(message: &str) {
-    if std::io::stderr().is_terminal() {
-        eprintln!("\u{2026} {message}");
-    }
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -163,39 +244,61 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Io(e.to_string()))
 }
 
-/// Maps a remote failure to the exit status and the message on stderr.
-fn fail(e: RemoteError) -> Result<i32, CliError> {
-    match &e {
-        RemoteError::Setup(m) => Err(CliError::Invalid(m.clone())),
-        RemoteError::Connect(m) => Err(CliError::Io(m.clone())),
-        RemoteError::Attestation(a) => {
-            eprintln!("rejected: {}: {}", a.code(), a.detail());
-            Ok(exit::REJECTED)
-        }
-        _ => {
-            eprintln!("error: {}: {e}", e.code());
-            Ok(exit::REJECTED)
-        }
+/// Maps a remote failure to the exit status and the message on stderr (and, with `--json`, one JSON
+/// object on stdout): `rejected: <code>: …` for a verdict against the enclave, `error: <code>: …` for
+/// a failure to complete the exchange.
+fn fail(e: RemoteError, json: bool) -> Result<i32, CliError> {
+    if let RemoteError::Setup(m) = &e {
+        return Err(CliError::Invalid(m.clone()));
     }
+    let (code, detail) = match &e {
+        RemoteError::Attestation(a) => (a.code().to_string(), a.detail().to_string()),
+        other => (other.code().to_string(), other.to_string()),
+    };
+    let unavailable = matches!(e, RemoteError::Connect(_) | RemoteError::Timeout(_))
+        || matches!(
+            e.code(),
+            ReportedCode::Wire(Code::EnclaveUnreachable | Code::RelayOverloaded | Code::Busy)
+        );
+    let (verdict, status) = if e.is_rejection() {
+        ("rejected", exit::REJECTED)
+    } else if unavailable {
+        ("error", exit::UNAVAILABLE)
+    } else {
+        ("error", exit::REJECTED)
+    };
+    eprintln!("{verdict}: {code}: {detail}");
+    if json {
+        println!(
+            "{}",
+            json!({"ok": false, verdict: true, "code": code, "detail": detail})
+        );
+    }
+    Ok(status)
 }
 
 pub fn attest(args: &AttestArgs) -> Result<i32, CliError> {
+    let resolved = args.trust.resolve()?;
+    let pins = resolved.trust.pins.clone();
     runtime()?.block_on(async {
-        let mut client = match args.trust.connect().await {
+        let mut client = match args.trust.connect(resolved).await {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, args.json),
         };
-        progress("verifying the enclave's attestation");
+        args.trust.progress("verifying the enclave's attestation");
         let attested = match client.attest_fresh().await {
             Ok(a) => a.clone(),
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, args.json),
         };
         client.close();
         if let Some(path) = &args.out {
-            std::fs::write(path, &attested.document)
-                .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+            std::fs::write(
+                path,
+                input::bundle_json(&attested.document, &attested.key_configs),
+            )
+            .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
         }
-        let summary = summary_json(&attested);
+        let summary = summary_json(&attested, &pins);
         if args.json {
             println!("{summary}");
         } else {
@@ -205,8 +308,9 @@ pub fn attest(args: &AttestArgs) -> Result<i32, CliError> {
     })
 }
 
-fn summary_json(a: &Attested) -> serde_json::Value {
+fn summary_json(a: &Attested, pins: &[String]) -> serde_json::Value {
     let doc = a.verified.doc();
+    let root = a.verified.root();
     let ud = &a.recipient.user_data;
     let configs = decode_list(&a.key_configs).unwrap_or_default();
     json!({
@@ -222,11 +326,41 @@ fn summary_json(a: &Attested) -> serde_json::Value {
             "key_id": c.key_id, "kem": c.kem.name(), "aeads": c.aeads.iter().map(|x| x.name()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "suite": format!("{} + {}", a.recipient.suite.kem.name(), a.recipient.suite.aead.name()),
+        "limits": ud.limits.map(|l| json!({"context_tokens": l.context_tokens, "max_new_tokens": l.max_new_tokens})),
+        "root": {"subject": root.subject, "sha256": hex::encode(root.sha256), "aws_nitro_root": root.is_aws_nitro_root()},
+        "pinned": pins,
+        "cached": a.cached,
     })
 }
 
 fn summary_text(s: &serde_json::Value) -> String {
-    let mut out = String::from("attested enclave (document verified, key configs bound)\n");
+    let mut out =
+        String::from("attested enclave: document verified, pins matched, key configs bound\n");
+    let aws = s["root"]["aws_nitro_root"].as_bool().unwrap_or(false);
+    out.push_str(&format!(
+        "  root       {} (SHA-256 {}){}\n",
+        s["root"]["subject"].as_str().unwrap_or(""),
+        s["root"]["sha256"].as_str().unwrap_or(""),
+        if aws {
+            ", the AWS Nitro root"
+        } else {
+            "\n             a DEVELOPMENT root, not AWS: only a local test enclave chains to it"
+        }
+    ));
+    let pins: Vec<&str> = s["pinned"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    out.push_str(&format!(
+        "  pinned     {}\n",
+        if pins.is_empty() {
+            "NOTHING (--insecure-unpinned): any enclave would have been accepted".to_string()
+        } else {
+            pins.join(", ")
+        }
+    ));
     out.push_str(&format!(
         "  module     {}\n",
         s["module_id"].as_str().unwrap_or("")
@@ -267,6 +401,12 @@ fn summary_text(s: &serde_json::Value) -> String {
         "  expires    {}\n",
         format_secs(s["keys_expire"].as_i64().unwrap_or(0))
     ));
+    if let Some(l) = s["limits"].as_object() {
+        out.push_str(&format!(
+            "  limits     {} tokens of context, {} new tokens per answer\n",
+            l["context_tokens"], l["max_new_tokens"]
+        ));
+    }
     out.push_str(&format!(
         "  using      {}\n",
         s["suite"].as_str().unwrap_or("")
@@ -287,69 +427,113 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
     if question.trim().is_empty() {
         return Err(CliError::Invalid("the question is empty".into()));
     }
+    let resolved = args.trust.resolve()?;
+    let pins = resolved.trust.pins.clone();
     // A one-shot question: the enclave keeps nothing once it has answered.
     let request = args.generation.ask(question, false);
     runtime()?.block_on(async {
-        let mut client = match args.trust.connect().await {
+        let mut client = match args.trust.connect(resolved).await {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, args.json),
         };
-        progress("verifying the enclave's attestation");
-        if let Err(e) = client.attested().await {
-            return fail(e);
+        args.trust.progress("verifying the enclave's attestation");
+        let attested = match client.attested().await {
+            Ok(a) => a.clone(),
+            Err(e) => return fail(e, args.json),
+        };
+        args.trust.announce(&attested, &pins);
+        if let Err(e) = remote::check_limits(&attested, &request) {
+            return fail(e, args.json);
         }
-        progress("waiting for the first token");
+        args.trust.progress("waiting for the first token");
+        let mut streamed = false;
         let mut sink = remote::stdout_sink();
+        let mut stream = |piece: &str| {
+            streamed |= !piece.is_empty();
+            sink(piece);
+        };
         let mut quiet = |_: &str| {};
-        let out: &mut (dyn FnMut(&str) + Send) = if args.json { &mut quiet } else { &mut sink };
+        let out: &mut (dyn FnMut(&str) + Send) = if args.json { &mut quiet } else { &mut stream };
         let result = client.ask(&request, out).await;
+        // The answer may have come from a re-attested enclave (its keys had changed): report that one.
+        let attested = match (&result, client.attested().await) {
+            (Ok(_), Ok(now)) => now.clone(),
+            _ => attested,
+        };
         client.close();
         match result {
             Ok((answer, _)) => {
+                let t = &answer.trailer;
                 if args.json {
-                    let attested = client.attested().await.ok().cloned();
                     println!(
                         "{}",
                         json!({
+                            "ok": true,
                             "answer": answer.text,
-                            "finish": answer.trailer.finish,
-                            "prompt_tokens": answer.trailer.prompt_tokens,
-                            "generated_tokens": answer.trailer.generated_tokens,
-                            "model_digest": attested.as_ref().map(|a| hex::encode(a.recipient.user_data.model)),
-                            "module_id": attested.as_ref().map(|a| a.verified.doc().module_id.clone()),
+                            "finish": t.finish,
+                            "prompt_tokens": t.prompt_tokens,
+                            "generated_tokens": t.generated_tokens,
+                            "model_digest": hex::encode(attested.recipient.user_data.model),
+                            "module_id": attested.verified.doc().module_id,
+                            "root_sha256": hex::encode(attested.verified.root().sha256),
+                            "cached_attestation": attested.cached,
                             "first_chunk_ms": answer.first_chunk.map(|d| d.as_secs_f64() * 1e3),
                             "total_ms": answer.total.as_secs_f64() * 1e3,
                         })
                     );
                 } else {
                     println!();
+                    finish_note(&answer, args.trust.quiet);
                 }
                 Ok(exit::VALID)
             }
             Err(e) => {
-                if !args.json {
+                // The partial answer stays on stdout; the line ends before the error.
+                if streamed {
                     println!();
                 }
-                fail(e)
+                fail(e, args.json)
             }
         }
     })
 }
 
+/// How the answer ended, on stderr: a truncated answer is always marked.
+fn finish_note(answer: &confidant_client::Answer, quiet: bool) {
+    let t = &answer.trailer;
+    if t.finish == Finish::Length {
+        eprintln!(
+            "[truncated: the answer reached its token limit ({} tokens); ask again with a larger --max-tokens]",
+            t.generated_tokens
+        );
+    } else if !quiet {
+        eprintln!(
+            "[finish: {}; {} prompt tokens, {} generated]",
+            t.finish, t.prompt_tokens, t.generated_tokens
+        );
+    }
+}
+
 pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
     let interactive = std::io::stdin().is_terminal();
+    let resolved = args.trust.resolve()?;
+    let pins = resolved.trust.pins.clone();
     runtime()?.block_on(async {
-        let mut client = match args.trust.connect().await {
+        let mut client = match args.trust.connect(resolved).await {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, false),
         };
-        progress("verifying the enclave's attestation");
-        let module = match client.attested().await {
-            Ok(a) => a.verified.doc().module_id.clone(),
-            Err(e) => return fail(e),
+        args.trust.progress("verifying the enclave's attestation");
+        let attested = match client.attested().await {
+            Ok(a) => a.clone(),
+            Err(e) => return fail(e, false),
         };
+        args.trust.announce(&attested, &pins);
         if interactive {
-            eprintln!("chatting with {module} (/reset starts over, /quit or Ctrl-D ends)");
+            eprintln!(
+                "chatting with {} (/reset starts over, /quit or Ctrl-D ends)",
+                attested.verified.doc().module_id
+            );
         }
         let mut session: Option<ClientSession> = None;
         let stdin = std::io::stdin();
@@ -376,24 +560,30 @@ pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
             let request = args.generation.ask(line, true);
             let mut sink = remote::stdout_sink();
             let result = match session.as_mut() {
-                Some(s) => client.turn(s, &request, &mut sink).await.map(|_| None),
+                Some(s) => client.turn(s, &request, &mut sink).await.map(|a| (a, None)),
                 None => client
                     .ask(&request, &mut sink)
                     .await
-                    .map(|(_, c)| Some(c.into_session())),
+                    .map(|(a, c)| (a, Some(c.into_session()))),
             };
             println!();
             match result {
-                Ok(Some(new_session)) => session = Some(new_session),
-                Ok(None) => {}
+                Ok((answer, new_session)) => {
+                    if answer.trailer.finish == Finish::Length {
+                        finish_note(&answer, true);
+                    }
+                    if let Some(s) = new_session {
+                        session = Some(s);
+                    }
+                }
                 Err(e) => {
                     // The conversation's state is gone with the failed turn; the next line starts over.
                     session = None;
-                    eprintln!("error: {}: {e}", e.code());
                     if !interactive {
                         client.close();
-                        return Ok(exit::REJECTED);
+                        return fail(e, false);
                     }
+                    let _ = fail(e, false);
                 }
             }
         }

@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
-use confidant_client::policy::{build_policy, PolicyArgs};
+use confidant_client::policy::{build_policy, parse_hex, PolicyArgs, PolicyFile};
 use confidant_client::{input, roots};
+use confidant_protocol::keyconfig::decode_list;
+use confidant_protocol::user_data::UserData;
+use confidant_protocol::{Expectations, ProtocolError, Recipient, UnixMillis};
 use confidant_verifier::{PcrPin, Report, Verifier, VerifyAt};
 use serde_json::{json, Value};
 
@@ -16,7 +19,8 @@ pub const DEFAULT_MAX_AGE_SECS: u64 = 300;
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The document: a file of raw COSE bytes, or of their hex or base64; `-` reads stdin.
+    /// The document: a file saved by `confidant attest --out` (the document and its key configs), or
+    /// raw COSE bytes, or their hex or base64; `-` reads stdin.
     #[arg(value_name = "DOC")]
     pub doc: PathBuf,
     /// Trust this root certificate (PEM) instead of the embedded AWS Nitro root; repeatable.
@@ -46,6 +50,15 @@ pub struct VerifyArgs {
     /// Accept a document from an enclave in debug mode (PCR0 all zeros).
     #[arg(long)]
     pub allow_debug: bool,
+    /// The model digest Confidant's user_data must carry (SHA-256, hex) [or the policy file's].
+    #[arg(long, value_name = "HEX")]
+    pub model_digest: Option<String>,
+    /// The settings digest Confidant's user_data must carry [or the policy file's].
+    #[arg(long, value_name = "HEX")]
+    pub settings_digest: Option<String>,
+    /// The inference dtype Confidant's user_data must carry [or the policy file's].
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -68,14 +81,31 @@ pub fn run(args: &VerifyArgs) -> Result<i32, CliError> {
     .map_err(|e| CliError::Invalid(e.to_string()))?;
     let verifier = Verifier::new(roots::load(&args.roots)?)
         .map_err(|e| CliError::Invalid(format!("--root: {}", e.detail())))?;
-    let bytes = input::read_document(&args.doc)
+    let saved = input::read_saved(&args.doc)
         .map_err(|e| CliError::Io(format!("{}: {e}", args.doc.display())))?;
-    let report = verifier.report(&bytes, &policy, at);
+    let expect = expectations(args)?;
+    let report = verifier.report(&saved.document, &policy, at);
+    // Step 6, for Confidant's documents: what user_data commits to, checked as `ask` checks it.
+    let confidant = if report.is_valid() {
+        match confidant_check(&verifier, &saved, &policy, at, &expect) {
+            Ok(c) => c,
+            Err(e) => return rejected_user_data(args, &report, at, e),
+        }
+    } else {
+        None
+    };
 
     if args.json {
-        println!("{}", report_json(&report, at));
+        let mut v = report_json(&report, at);
+        v["confidant"] = confidant.as_ref().map_or(Value::Null, |c| c.json());
+        v["pinned_pcrs"] = json!(policy.pcrs().keys().collect::<Vec<_>>());
+        println!("{v}");
     } else if report.is_valid() {
         print!("{}", human_summary(&report, at));
+        print!("{}", pins_line(&policy, &expect));
+        if let Some(c) = &confidant {
+            print!("{}", c.text());
+        }
     }
     match &report.error {
         None => Ok(exit::VALID),
@@ -94,6 +124,206 @@ pub fn run(args: &VerifyArgs) -> Result<i32, CliError> {
             Ok(exit::REJECTED)
         }
     }
+}
+
+/// The digests and dtype to hold user_data to: flags, else the policy file.
+fn expectations(args: &VerifyArgs) -> Result<Expectations, CliError> {
+    let file = match &args.policy {
+        Some(p) => PolicyFile::load(p).map_err(|e| CliError::Invalid(e.to_string()))?,
+        None => PolicyFile::default(),
+    };
+    let digest = |name: &str, v: Option<String>| -> Result<Option<[u8; 32]>, CliError> {
+        let Some(h) = v else { return Ok(None) };
+        let bytes = parse_hex(name, &h).map_err(|e| CliError::Invalid(e.to_string()))?;
+        bytes.try_into().map(Some).map_err(|_| {
+            CliError::Invalid(format!(
+                "{name}: a SHA-256 digest is 32 bytes (64 hex digits)"
+            ))
+        })
+    };
+    Ok(Expectations {
+        model: digest(
+            "--model-digest",
+            args.model_digest.clone().or(file.model_digest),
+        )?,
+        settings: digest(
+            "--settings-digest",
+            args.settings_digest.clone().or(file.settings_digest),
+        )?,
+        dtype: args.dtype.clone().or(file.dtype),
+        now: UnixMillis::from_millis(0),
+    })
+}
+
+fn pins_line(policy: &confidant_verifier::Policy, expect: &Expectations) -> String {
+    let mut pins: Vec<String> = policy.pcrs().keys().map(|i| format!("PCR{i}")).collect();
+    for (name, set) in [
+        ("model digest", expect.model.is_some()),
+        ("settings digest", expect.settings.is_some()),
+        ("dtype", expect.dtype.is_some()),
+    ] {
+        if set {
+            pins.push(name.into());
+        }
+    }
+    if policy.pcrs().contains_key(&0) || policy.pcrs().contains_key(&8) {
+        format!("  pinned     {} (all matched)\n", pins.join(", "))
+    } else {
+        format!(
+            "  pinned     {}: no workload pinned (PCR0 or PCR8), so any enclave's document passes the policy\n",
+            if pins.is_empty() { "NOTHING".to_string() } else { pins.join(", ") }
+        )
+    }
+}
+
+/// Confidant's user_data, decoded and checked.
+struct ConfidantData {
+    user_data: UserData,
+    /// The key configs, when the bundle carried them (then bound and decoded).
+    key_configs: Option<Vec<String>>,
+}
+
+impl ConfidantData {
+    fn json(&self) -> Value {
+        let u = &self.user_data;
+        json!({
+            "model_digest": hex::encode(u.model),
+            "settings_digest": u.settings.map(hex::encode),
+            "dtype": u.dtype,
+            "limits": u.limits.map(|l| json!({"context_tokens": l.context_tokens, "max_new_tokens": l.max_new_tokens})),
+            "keys_expire": format_secs((u.exp.as_millis() / 1000) as i64),
+            "key_configs_sha256": hex::encode(u.kc),
+            "key_configs": self.key_configs,
+        })
+    }
+
+    fn text(&self) -> String {
+        let u = &self.user_data;
+        let mut out = String::from("  Confidant user_data\n");
+        out.push_str(&format!("    model      {}\n", hex::encode(u.model)));
+        out.push_str(&format!(
+            "    settings   {}\n",
+            u.settings.map_or("none".into(), hex::encode)
+        ));
+        out.push_str(&format!(
+            "    dtype      {}\n",
+            u.dtype.as_deref().unwrap_or("not stated")
+        ));
+        if let Some(l) = u.limits {
+            out.push_str(&format!(
+                "    limits     {} tokens of context, {} new tokens per answer\n",
+                l.context_tokens, l.max_new_tokens
+            ));
+        }
+        out.push_str(&format!(
+            "    expires    {}\n",
+            format_secs((u.exp.as_millis() / 1000) as i64)
+        ));
+        match &self.key_configs {
+            Some(kc) => {
+                for k in kc {
+                    out.push_str(&format!("    key        {k} (bound: SHA-256 matches)\n"));
+                }
+            }
+            None => out.push_str(&format!(
+                "    key configs SHA-256 {} (not checked: give the file `confidant attest --out` saves)\n",
+                hex::encode(u.kc)
+            )),
+        }
+        out
+    }
+}
+
+/// Decodes Confidant's user_data and applies the pins. `Ok(None)`: not Confidant's document and
+/// nothing Confidant-specific was pinned (an AWS document of another application).
+fn confidant_check(
+    verifier: &Verifier,
+    saved: &input::Saved,
+    policy: &confidant_verifier::Policy,
+    at: VerifyAt,
+    expect: &Expectations,
+) -> Result<Option<ConfidantData>, ProtocolError> {
+    let verified = verifier
+        .verify(&saved.document, policy, at)
+        .map_err(|e| ProtocolError::MalformedUserData(e.to_string()))?;
+    let pinned = expect.model.is_some() || expect.settings.is_some() || expect.dtype.is_some();
+    let raw = verified.doc().user_data.as_deref().map(|b| b.as_slice());
+    let user_data = match raw.map(UserData::decode) {
+        Some(Ok(u)) => u,
+        Some(Err(e)) if pinned || saved.key_configs.is_some() => return Err(e),
+        None if pinned || saved.key_configs.is_some() => {
+            return Err(ProtocolError::MalformedUserData(
+                "the document carries no user_data".into(),
+            ))
+        }
+        _ => return Ok(None),
+    };
+    // Keys are judged as of the verification time: an archived document's keys had not expired then.
+    let now = match at {
+        VerifyAt::Instant(t) => t,
+        VerifyAt::DocumentTime => UnixMillis::from_millis(verified.doc().timestamp),
+    };
+    let expect = Expectations {
+        now,
+        ..expect.clone()
+    };
+    let key_configs = match &saved.key_configs {
+        Some(kc) => {
+            Recipient::from_attestation(&verified, kc, &expect)?;
+            let configs = decode_list(kc)?;
+            Some(
+                configs
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} ({})",
+                            c.key_id,
+                            c.kem.name(),
+                            c.aeads
+                                .iter()
+                                .map(|a| a.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        None => {
+            if expect.model.is_some_and(|m| m != user_data.model) {
+                return Err(ProtocolError::ModelMismatch);
+            }
+            if expect.settings.is_some() && user_data.settings != expect.settings {
+                return Err(ProtocolError::SettingsMismatch);
+            }
+            if expect.dtype.is_some() && user_data.dtype != expect.dtype {
+                return Err(ProtocolError::DtypeMismatch);
+            }
+            None
+        }
+    };
+    Ok(Some(ConfidantData {
+        user_data,
+        key_configs,
+    }))
+}
+
+fn rejected_user_data(
+    args: &VerifyArgs,
+    report: &Report,
+    at: VerifyAt,
+    e: ProtocolError,
+) -> Result<i32, CliError> {
+    let code = e.code();
+    if args.json {
+        let mut v = report_json(report, at);
+        v["valid"] = json!(false);
+        v["error"] = json!(code.as_str());
+        v["error_detail"] = json!(e.to_string());
+        println!("{v}");
+    }
+    eprintln!("rejected: {}: {e}", code.as_str());
+    Ok(exit::REJECTED)
 }
 
 fn hex_or_null(b: Option<&[u8]>) -> Value {
@@ -118,6 +348,9 @@ pub fn report_json(report: &Report, at: VerifyAt) -> Value {
         "public_key": doc.map_or(Value::Null, |d| hex_or_null(d.public_key.as_deref().map(|b| b.as_slice()))),
         "user_data": doc.map_or(Value::Null, |d| hex_or_null(d.user_data.as_deref().map(|b| b.as_slice()))),
         "nonce": doc.map_or(Value::Null, |d| hex_or_null(d.nonce.as_deref().map(|b| b.as_slice()))),
+        "root": report.root.as_ref().map(|r| json!({
+            "subject": r.subject, "sha256": hex::encode(r.sha256), "aws_nitro_root": r.is_aws_nitro_root(),
+        })),
         "chain": report.chain.iter().map(|c| json!({
             "subject": c.subject,
             "not_before": format_secs(c.not_before),
@@ -141,6 +374,18 @@ pub fn human_summary(report: &Report, at: VerifyAt) -> String {
     };
     out.push_str(&format!("valid attestation document (verified {when})\n"));
     out.push_str(&format!("  module     {}\n", doc.module_id));
+    if let Some(root) = &report.root {
+        out.push_str(&format!(
+            "  root       {} (SHA-256 {}){}\n",
+            root.subject,
+            hex::encode(root.sha256),
+            if root.is_aws_nitro_root() {
+                ", the AWS Nitro root"
+            } else {
+                ", a DEVELOPMENT root, not AWS"
+            }
+        ));
+    }
     out.push_str(&format!("  timestamp  {}\n", format_ms(doc.timestamp)));
     let debug = doc.pcrs.get(&0).is_some_and(|p| p.iter().all(|&b| b == 0));
     out.push_str(&format!(
