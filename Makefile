@@ -17,7 +17,7 @@ export LIBTORCH_CXX11_ABI := 1
 unexport LIBTORCH_USE_PYTORCH
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
-.PHONY: all demo test deps fmt lint unit conformance no-openssl layout fuzz load bench bench-verifier bench-protocol bench-model bench-boot vectors clean
+.PHONY: all demo demo-up demo-down test deps fmt lint unit conformance no-openssl layout fuzz load bench bench-verifier bench-protocol bench-model bench-boot vectors clean
 
 # Every binary: the client, the relay, the enclave image's binary, the operator's and the model's tools,
 # and the test-only KMS gate and load generator.
@@ -46,8 +46,11 @@ $(VENV)/.torch-$(TORCH_VERSION):
 		nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
 	touch $@
 
+# pip's resolver complains that the slim torch lacks its Python dependencies (on purpose): its
+# output goes to a log, shown only if the install fails.
 $(VENV)/.moto-$(MOTO_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
-	$(VENV)/bin/pip install --quiet --no-cache-dir moto==$(MOTO_VERSION) flask flask-cors
+	$(VENV)/bin/pip install --quiet --no-cache-dir moto==$(MOTO_VERSION) flask flask-cors > $(VENV)/pip-moto.log 2>&1 \
+		|| { cat $(VENV)/pip-moto.log; exit 1; }
 	touch $@
 
 # The main job end to end on the local default: dev CA and demo model if absent, enclave + relay on
@@ -55,6 +58,14 @@ $(VENV)/.moto-$(MOTO_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
 demo: deps
 	$(CARGO) build --release $(BINS)
 	scripts/demo.sh
+
+# The same stack, left running for `confidant ask`/`chat` by hand; demo-down stops it.
+demo-up: deps
+	$(CARGO) build --release $(BINS)
+	scripts/demo.sh up
+
+demo-down:
+	scripts/demo.sh down
 
 test: deps fmt lint unit conformance no-openssl layout
 
