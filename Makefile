@@ -135,11 +135,13 @@ FUZZ_SECS ?= 60
 FUZZ_TARGETS := attestation frame request session key_configs user_data ask link cms sealed_settings
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 2>&1 \
-			| grep -E '^(Done|==|SUMMARY|INFO: Running)' || exit 1; done
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run differential corpus/attestation -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 2>&1 \
-		| grep -E '^(Done|==|SUMMARY)'
+	@# The fuzzer's own exit status decides (a crash fails make), not the filter's.
+	cd fuzz && for t in $(FUZZ_TARGETS) differential; do \
+		c=$$t; [ $$t = differential ] && c=attestation; \
+		echo "== $$t"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$c -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 > ../target/fuzz-$$t.log 2>&1; \
+		s=$$?; grep -E '^(Done|==[0-9]+==|SUMMARY)' ../target/fuzz-$$t.log; \
+		[ $$s = 0 ] || { echo "fuzz target $$t failed (exit $$s): target/fuzz-$$t.log"; exit 1; }; done
 
 # Regenerates the synthetic attestation vectors (new keys each time; commit the result).
 vectors:
