@@ -1,5 +1,7 @@
-//! A verified attestation per relay, kept until its keys expire (or `--max-age`, when given), so
-//! consecutive `ask`s need not attest again. The cache is re-verified on every use (chain validity,
+//! Verified attestations, kept by enclave instance until their keys expire (or `--max-age`, when
+//! given), so consecutive `ask`s need not attest again; for each relay, the instances seen behind it,
+//! most recent first (several enclaves may stand behind one relay, and one enclave's document is good
+//! whichever address reached it). The cache is re-verified on every use (chain validity,
 //! key expiry, pins), so a stale or tampered file is simply not used. `--fresh` bypasses it and
 //! `confidant cache clear` empties it.
 //!
@@ -18,9 +20,12 @@ pub fn dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/confidant")))
 }
 
-fn file(relay: &str) -> Option<PathBuf> {
-    let safe: String = relay
-        .chars()
+/// Enclaves remembered per relay (a parent instance runs up to four; a load-balanced name may front
+/// several instances).
+const PER_RELAY: usize = 8;
+
+fn safe(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -28,41 +33,92 @@ fn file(relay: &str) -> Option<PathBuf> {
                 '_'
             }
         })
-        .collect();
-    dir().map(|d| d.join(format!("attestation-{safe}.bin")))
+        .collect()
 }
 
-/// The cached attestation for `relay`, if it still verifies under `trust`. It was fresh, with our
-/// nonce, when fetched; the key expiry bounds its use, and so does `--max-age` when the user gave one.
-pub fn load(relay: &str, trust: &Trust) -> Option<Attested> {
-    let bytes = std::fs::read(file(relay)?).ok()?;
-    let (len, rest) = bytes.split_at_checked(4)?;
-    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
-    let (document, key_configs) = rest.split_at_checked(len)?;
-    let mut policy = trust.policy.clone();
-    policy.set_max_age(trust.cache_max_age);
-    let mut attested = check(trust, &policy, document.to_vec(), key_configs.to_vec()).ok()?;
-    attested.cached = true;
-    Some(attested)
+/// One enclave's document and key configs, by the enclave's identity.
+fn enclave_file(identity: &str) -> Option<PathBuf> {
+    dir().map(|d| d.join(format!("enclave-{}.bin", safe(identity))))
 }
 
-pub fn store(relay: &str, attested: &Attested) {
-    let Some(path) = file(relay) else { return };
+/// The identities of the enclaves seen behind `relay`, most recent first.
+fn relay_file(relay: &str) -> Option<PathBuf> {
+    dir().map(|d| d.join(format!("relay-{}.list", safe(relay))))
+}
+
+fn seen(relay: &str) -> Vec<String> {
+    relay_file(relay)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.is_empty() && l.len() <= 80)
+                .take(PER_RELAY)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let mut bytes = (attested.document.len() as u32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(&attested.document);
-    bytes.extend_from_slice(&attested.key_configs);
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, bytes).is_ok() {
         let _ = std::fs::rename(tmp, path);
     }
 }
 
-pub fn forget(relay: &str) {
-    if let Some(path) = file(relay) {
-        let _ = std::fs::remove_file(path);
+/// A cached attestation for an enclave seen behind `relay`, the most recent that still verifies under
+/// `trust`. It was fresh, with our nonce, when fetched; the key expiry bounds its use, and so does
+/// `--max-age` when the user gave one.
+pub fn load(relay: &str, trust: &Trust) -> Option<Attested> {
+    seen(relay).iter().find_map(|identity| {
+        let bytes = std::fs::read(enclave_file(identity)?).ok()?;
+        let (len, rest) = bytes.split_at_checked(4)?;
+        let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+        let (document, key_configs) = rest.split_at_checked(len)?;
+        let mut policy = trust.policy.clone();
+        policy.set_max_age(trust.cache_max_age);
+        let mut attested = check(trust, &policy, document.to_vec(), key_configs.to_vec()).ok()?;
+        // The file name is only a hint: the document itself must name this enclave.
+        if attested.identity() != *identity {
+            return None;
+        }
+        attested.cached = true;
+        Some(attested)
+    })
+}
+
+/// Keeps `attested` under its enclave's identity, first among those seen behind `relay`.
+pub fn store(relay: &str, attested: &Attested) {
+    let identity = attested.identity();
+    let Some(path) = enclave_file(&identity) else {
+        return;
+    };
+    let mut bytes = (attested.document.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&attested.document);
+    bytes.extend_from_slice(&attested.key_configs);
+    write_atomically(&path, &bytes);
+    let others = seen(relay).into_iter().filter(|i| *i != identity);
+    let mut ids: Vec<String> = std::iter::once(identity.clone()).chain(others).collect();
+    ids.truncate(PER_RELAY);
+    if let Some(list) = relay_file(relay) {
+        write_atomically(&list, format!("{}\n", ids.join("\n")).as_bytes());
+    }
+}
+
+/// `attested`'s enclave is gone from behind `relay` (its document stays for other relays until its
+/// keys expire).
+pub fn forget(relay: &str, attested: &Attested) {
+    let identity = attested.identity();
+    let ids: Vec<String> = seen(relay).into_iter().filter(|i| *i != identity).collect();
+    if let Some(list) = relay_file(relay) {
+        if ids.is_empty() {
+            let _ = std::fs::remove_file(list);
+        } else {
+            write_atomically(&list, format!("{}\n", ids.join("\n")).as_bytes());
+        }
     }
 }
 
@@ -79,9 +135,12 @@ pub fn clear() -> std::io::Result<usize> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("attestation-") && (name.ends_with(".bin") || name.ends_with(".tmp")) {
+        let ours = ["attestation-", "enclave-", "relay-"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if ours && [".bin", ".list", ".tmp"].iter().any(|e| name.ends_with(e)) {
             std::fs::remove_file(entry.path())?;
-            removed += 1;
+            removed += usize::from(name.ends_with(".bin"));
         }
     }
     Ok(removed)

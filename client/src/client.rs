@@ -1,5 +1,7 @@
 //! A client for one relay: the connection, the attested enclave behind it (from the cache or fresh),
-//! and questions and session turns that re-attest once when the enclave's keys changed.
+//! and questions and session turns that re-attest once when the enclave's keys changed or the enclave
+//! is gone from behind the relay (several enclaves may stand behind one; each exchange is routed to
+//! the one attested).
 
 use std::path::Path;
 
@@ -69,23 +71,32 @@ impl Client {
         Ok(self.attested.insert(attested))
     }
 
-    /// Asks one question; the answer's text goes to `out` as it arrives. When the enclave no longer
-    /// knows the keys the question was encrypted to (it restarted or rotated them), re-attests once
-    /// and asks again.
+    /// Asks one question; the answer's text goes to `out` as it arrives. When, before any of the
+    /// answer arrived, the enclave no longer knows the keys the question was encrypted to (it
+    /// restarted or rotated them) or is gone from behind the relay, re-attests once — reaching
+    /// whichever enclave the relay picks — and asks again. An answer cut off once begun is reported,
+    /// never retried.
     pub async fn ask(
         &mut self,
         ask: &Ask,
         out: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(Answer, ClientRequest), RemoteError> {
         self.attested().await?;
+        let mut begun = false;
         let first = match &self.attested {
-            Some(a) => remote::ask(&self.relay, a, ask, out).await,
+            Some(a) => {
+                let mut sink = |piece: &str| {
+                    begun = true;
+                    out(piece);
+                };
+                remote::ask(&self.relay, a, ask, &mut sink).await
+            }
             None => return Err(RemoteError::Ended("an attestation document")),
         };
         match first {
-            Err(e) if e.wants_fresh_keys() => {
-                if self.use_cache {
-                    cache::forget(&self.relay_name);
+            Err(e) if !begun && (e.wants_fresh_keys() || e.enclave_gone()) => {
+                if let (true, Some(a)) = (self.use_cache, &self.attested) {
+                    cache::forget(&self.relay_name, a);
                 }
                 self.attest_fresh().await?;
                 match &self.attested {
@@ -99,7 +110,7 @@ impl Client {
 
     /// Ends a session in the enclave (its keys and model state go at once rather than at expiry).
     pub async fn close_session(&self, session: &mut ClientSession) -> Result<(), RemoteError> {
-        remote::close(&self.relay, session).await
+        remote::close(&self.relay, self.route(), session).await
     }
 
     /// One follow-up turn of a session.
@@ -112,7 +123,12 @@ impl Client {
         if let Some(a) = &self.attested {
             remote::check_limits(a, ask)?;
         }
-        remote::turn(&self.relay, session, ask, out).await
+        remote::turn(&self.relay, self.route(), session, ask, out).await
+    }
+
+    /// The enclave instance exchanges are routed to: the attested one.
+    fn route(&self) -> Option<[u8; 16]> {
+        self.attested.as_ref().and_then(Attested::enclave)
     }
 
     /// Closes the connection (the relay sees a clean close).

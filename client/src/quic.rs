@@ -150,6 +150,21 @@ impl Relay {
     /// Sends `frame` on a fresh stream and returns a reader of the reply frames. The whole exchange
     /// must end within the exchange timeout.
     pub async fn exchange(&self, frame: &Frame) -> Result<FrameReader, RemoteError> {
+        self.exchange_routed(None, frame).await
+    }
+
+    /// [`Relay::exchange`], the stream led by a `ROUTE` frame naming the enclave instance `route`
+    /// (which a relay with several enclaves uses to pick the one holding the keys).
+    pub async fn exchange_routed(
+        &self,
+        route: Option<[u8; 16]>,
+        frame: &Frame,
+    ) -> Result<FrameReader, RemoteError> {
+        let mut bytes = Vec::new();
+        if let Some(enclave) = route {
+            Frame::Route { enclave }.encode_into(&mut bytes);
+        }
+        frame.encode_into(&mut bytes);
         let deadline = tokio::time::Instant::now() + self.timeouts.exchange;
         let write = async {
             let (mut send, recv) = self
@@ -157,7 +172,7 @@ impl Relay {
                 .open_bi()
                 .await
                 .map_err(|e| stream_error(&e.into()))?;
-            send.write_all(&frame.encode()).await.map_err(|e| match e {
+            send.write_all(&bytes).await.map_err(|e| match e {
                 quinn::WriteError::ConnectionLost(c) => connection_error("the relay", &c),
                 other => RemoteError::Connect(format!("stream failed: {other}")),
             })?;

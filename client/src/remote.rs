@@ -108,6 +108,18 @@ impl RemoteError {
             _ => false,
         }
     }
+
+    /// Whether the enclave the exchange was routed to is gone from behind the relay (restarted, taken
+    /// out, or never there), so another attested enclave may answer instead.
+    pub fn enclave_gone(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Refused {
+                code: Code::EnclaveUnknown | Code::EnclaveUnreachable,
+                ..
+            }
+        )
+    }
 }
 
 fn refused(frame: Frame) -> RemoteError {
@@ -129,6 +141,20 @@ pub struct Attested {
 }
 
 impl Attested {
+    /// The enclave instance (random at its boot), where its document names one.
+    pub fn enclave(&self) -> Option<[u8; 16]> {
+        self.recipient.user_data.id
+    }
+
+    /// What the attestation cache keys this document by: the instance, else (documents of builds
+    /// without one) its key configs.
+    pub fn identity(&self) -> String {
+        match self.enclave() {
+            Some(id) => hex::encode(id),
+            None => format!("kc-{}", hex::encode(self.recipient.user_data.kc)),
+        }
+    }
+
     /// Seconds since the enclave made the document (when it was fetched, since it carried our nonce).
     pub fn age_secs(&self) -> u64 {
         UnixMillis::now()
@@ -285,10 +311,13 @@ pub async fn ask(
     )?;
     let sent = std::time::Instant::now();
     let mut reader = relay
-        .exchange(&Frame::Request {
-            attestation_sha256: r.attestation_sha256,
-            encapsulated,
-        })
+        .exchange_routed(
+            attested.enclave(),
+            &Frame::Request {
+                attestation_sha256: r.attestation_sha256,
+                encapsulated,
+            },
+        )
         .await?;
     let nonce = match reader.next().await? {
         Some(Frame::Response { nonce }) => nonce,
@@ -303,21 +332,26 @@ pub async fn ask(
 /// One follow-up turn of a session.
 pub async fn turn(
     relay: &Relay,
+    route: Option<[u8; 16]>,
     session: &mut ClientSession,
     ask: &Ask,
     out: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Answer, RemoteError> {
     let (seq, frame) = session.seal_turn(&ask.to_bytes());
     let sent = std::time::Instant::now();
-    let mut reader = relay.exchange(&frame).await?;
+    let mut reader = relay.exchange_routed(route, &frame).await?;
     let mut opener = session.reply_opener(seq);
     read_chunks(&mut reader, &mut opener, out, sent).await
 }
 
 /// Ends a session; the enclave acknowledges by echoing the `CLOSE`.
-pub async fn close(relay: &Relay, session: &mut ClientSession) -> Result<(), RemoteError> {
+pub async fn close(
+    relay: &Relay,
+    route: Option<[u8; 16]>,
+    session: &mut ClientSession,
+) -> Result<(), RemoteError> {
     let frame = session.seal_close();
-    let mut reader = relay.exchange(&frame).await?;
+    let mut reader = relay.exchange_routed(route, &frame).await?;
     match reader.next().await? {
         Some(ack) if ack == frame => Ok(()),
         Some(other) => Err(refused(other)),

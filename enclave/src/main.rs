@@ -66,12 +66,59 @@ fn measure(model: &std::path::Path, json: bool) -> Result<u8, String> {
     Ok(0)
 }
 
+/// The stable code of a boot failure: the `[code]` the unsealing errors carry, else what failed.
+fn boot_code(error: &str) -> &str {
+    let bracketed = error
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(code, _)| code)
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= 40
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    match bracketed {
+        Some(code) => code,
+        None if error.starts_with("loading the model") => "model_load",
+        None => "boot_failed",
+    }
+}
+
+/// Tells the parent the boot failed, with the code only; best effort (bounded by a deadline).
+fn report_boot_failure(to: &confidant_protocol::endpoint::Endpoint, code: &str) {
+    use tokio::io::AsyncWriteExt;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let line = format!("confidant-boot-failure {code}\n");
+    let sent = rt.block_on(tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        async {
+            let mut s = confidant_runtime::endpoint::connect(to).await?;
+            s.write_all(line.as_bytes()).await?;
+            s.shutdown().await
+        },
+    ));
+    if !matches!(sent, Ok(Ok(()))) {
+        eprintln!("could not report the boot failure to {to}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
             confidant_runtime::logging::init();
-            serve::run(*args)
+            let report = args.report_boot.clone();
+            let result = serve::run(*args);
+            if let (Err(e), Some(to)) = (&result, report) {
+                report_boot_failure(&to, boot_code(e));
+            }
+            result
         }
         Command::Health { connect } => health::run(&connect),
         #[cfg(feature = "emulated-nsm")]
@@ -83,5 +130,24 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn boot_codes_are_stable_and_carry_nothing_else() {
+        assert_eq!(
+            super::boot_code(
+                "unsealing x: [kms_refused] KMS Decrypt: AccessDenied; refusing to serve"
+            ),
+            "kms_refused"
+        );
+        assert_eq!(
+            super::boot_code("loading the model: no such file"),
+            "model_load"
+        );
+        assert_eq!(super::boot_code("[Secret prompt] x"), "boot_failed");
+        assert_eq!(super::boot_code("anything"), "boot_failed");
     }
 }

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Where to listen: vsock:PORT, tcp:ADDR:PORT or unix:PATH.
     #[arg(long, value_name = "ENDPOINT")]
     listen: Endpoint,
+    /// Where to report a failed boot (one line with its stable code, nothing else): the parent's
+    /// relay, vsock:3:5006 in the image, since an enclave has no console.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub report_boot: Option<Endpoint>,
     /// Model directory (config.json, tokenizer.json, model.safetensors).
     #[arg(long, value_name = "DIR")]
     model: PathBuf,

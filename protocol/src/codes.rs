@@ -103,6 +103,7 @@ errors! {
     "relay" {
         EnclaveUnreachable = "enclave_unreachable": "the relay could not reach the enclave, or lost it";
         RelayOverloaded = "relay_overloaded": "the relay refused the stream: too many at once from this source or in all";
+        EnclaveUnknown = "enclave_unknown": "the enclave the exchange was routed to is not (or no longer) behind this relay; attest again";
     }
     "client" {
         Usage = "usage": "the command line or a file it names is not usable";

@@ -11,6 +11,11 @@
 //! | 0x07 | `ERROR` | code length (u8) ‖ code (ASCII) ‖ message (UTF-8) |
 //! | 0x08 | `HEALTH` | empty (a probe) or UTF-8 JSON status (the answer: counts, never secrets) |
 //! | 0x09 | `CLOSE` | session id (16) ‖ sequence number (u64) ‖ AEAD tag (ends a session; echoed as the ack) |
+//! | 0x0a | `ROUTE` | enclave instance id (16), from `user_data`; optional, before the exchange's frame |
+//!
+//! `ROUTE` is the one frame a relay reads: with several enclaves behind it, it takes the stream to the
+//! enclave holding the keys the exchange was encrypted to. It tells the relay nothing it could not
+//! see anyway (which enclave answers), and the enclave checks it names itself.
 
 use crate::codes::Code;
 use crate::error::ProtocolError;
@@ -37,11 +42,12 @@ pub enum FrameType {
     Error = 0x07,
     Health = 0x08,
     Close = 0x09,
+    Route = 0x0a,
 }
 
 impl FrameType {
     /// Every frame type.
-    pub const ALL: [FrameType; 9] = [
+    pub const ALL: [FrameType; 10] = [
         FrameType::Attest,
         FrameType::Attestation,
         FrameType::Request,
@@ -51,6 +57,7 @@ impl FrameType {
         FrameType::Error,
         FrameType::Health,
         FrameType::Close,
+        FrameType::Route,
     ];
 
     /// The type for a type byte, if it is defined.
@@ -70,6 +77,7 @@ impl FrameType {
             FrameType::Error => "ERROR",
             FrameType::Health => "HEALTH",
             FrameType::Close => "CLOSE",
+            FrameType::Route => "ROUTE",
         }
     }
 }
@@ -109,6 +117,8 @@ pub enum Frame {
         seq: u64,
         tag: Vec<u8>,
     },
+    /// Which enclave behind the relay this stream is for (its `user_data` instance id).
+    Route { enclave: [u8; 16] },
 }
 
 impl Frame {
@@ -124,6 +134,7 @@ impl Frame {
             Frame::Error { .. } => FrameType::Error,
             Frame::Health { .. } => FrameType::Health,
             Frame::Close { .. } => FrameType::Close,
+            Frame::Route { .. } => FrameType::Route,
         }
     }
 
@@ -185,6 +196,7 @@ impl Frame {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(tag);
             }
+            Frame::Route { enclave } => out.extend_from_slice(enclave),
         }
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
@@ -301,6 +313,11 @@ impl Frame {
                     tag: tag.to_vec(),
                 }
             }
+            FrameType::Route => Frame::Route {
+                enclave: body
+                    .try_into()
+                    .map_err(|_| malformed("not a 16-byte enclave instance id"))?,
+            },
         })
     }
 }
@@ -425,6 +442,7 @@ mod tests {
                 seq: 7,
                 tag: vec![5; 16],
             },
+            Frame::Route { enclave: [6; 16] },
         ]
     }
 

@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! {"v": 1, "kc": SHA-256(key-config list), "model": SHA-256, ["settings": SHA-256,]
-//!  ["dtype": "f32" | "bf16" | "int8",] ["limits": {"ctx": tokens, "out": tokens},] "exp": unix s}
+//!  ["dtype": "f32" | "bf16" | "int8",] ["limits": {"ctx": tokens, "out": tokens},] "exp": unix s,
+//!  ["id": 16 bytes]}
 //! ```
 //! encoded with definite lengths in that key order (the NSM takes at most 512 bytes; this is under
 //! 200). Decoding is strict: unknown or duplicate keys, wrong types or sizes, and trailing bytes are
-//! errors. `dtype` and `limits` are absent only in documents of earlier builds.
+//! errors. `dtype`, `limits` and `id` are absent only in documents of earlier builds. `id` names this
+//! enclave instance (random at boot): clients cache documents by it and send it in a `ROUTE` frame so
+//! that a relay with several enclaves takes the exchange to the one holding the keys.
 
 use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
 use sha2::{Digest, Sha256};
@@ -43,6 +46,8 @@ pub struct UserData {
     pub limits: Option<Limits>,
     /// Key-config expiry (whole seconds on the wire).
     pub exp: UnixMillis,
+    /// The enclave instance, random at boot.
+    pub id: Option<[u8; 16]>,
 }
 
 /// SHA-256 of `bytes`.
@@ -56,7 +61,8 @@ impl UserData {
         let entries = 4
             + usize::from(self.settings.is_some())
             + usize::from(self.dtype.is_some())
-            + usize::from(self.limits.is_some());
+            + usize::from(self.limits.is_some())
+            + usize::from(self.id.is_some());
         let mut out = Vec::with_capacity(192);
         write_head(&mut out, 5, entries as u64);
         write_text(&mut out, "v");
@@ -83,6 +89,10 @@ impl UserData {
         }
         write_text(&mut out, "exp");
         write_head(&mut out, 0, self.exp.as_secs());
+        if let Some(id) = &self.id {
+            write_text(&mut out, "id");
+            write_bytes(&mut out, id);
+        }
         out
     }
 
@@ -90,8 +100,8 @@ impl UserData {
     pub fn decode(bytes: &[u8]) -> Result<UserData, ProtocolError> {
         let mut r = Reader::new(bytes);
         let n = match r.read().map_err(bad)? {
-            Item::Map(Some(n)) if (4..=7).contains(&n) => n,
-            Item::Map(_) => return Err(bad("must be a definite map of 4 to 7 entries".into())),
+            Item::Map(Some(n)) if (4..=8).contains(&n) => n,
+            Item::Map(_) => return Err(bad("must be a definite map of 4 to 8 entries".into())),
             other => return Err(bad(format!("must be a map, found {}", other.kind()))),
         };
         let mut v = None;
@@ -110,6 +120,7 @@ impl UserData {
                 "dtype" => set(&mut d.dtype, key, dtype(value)?)?,
                 "limits" => set(&mut d.limits, key, limits(&mut r, value)?)?,
                 "exp" => set(&mut d.exp, key, number(key, value)?)?,
+                "id" => set(&mut d.id, key, instance(value)?)?,
                 other => return Err(bad(format!("unknown key `{}`", other.escape_debug()))),
             }
         }
@@ -127,6 +138,7 @@ impl UserData {
             dtype: d.dtype,
             limits: d.limits,
             exp: UnixMillis::from_secs(d.exp.ok_or_else(|| bad("missing `exp`".into()))?),
+            id: d.id,
         })
     }
 }
@@ -139,6 +151,7 @@ struct Decoded {
     dtype: Option<String>,
     limits: Option<Limits>,
     exp: Option<u64>,
+    id: Option<[u8; 16]>,
 }
 
 fn bad(detail: String) -> ProtocolError {
@@ -161,6 +174,15 @@ fn digest(key: &str, value: Item<'_>) -> Result<[u8; 32], ProtocolError> {
             "`{key}` must be bytes, found {}",
             other.kind()
         ))),
+    }
+}
+
+fn instance(value: Item<'_>) -> Result<[u8; 16], ProtocolError> {
+    match value {
+        Item::Bytes(b) => b
+            .try_into()
+            .map_err(|_| bad(format!("`id` must be 16 bytes, is {}", b.len()))),
+        other => Err(bad(format!("`id` must be bytes, found {}", other.kind()))),
     }
 }
 
@@ -227,6 +249,7 @@ mod tests {
             dtype: None,
             limits: None,
             exp: UnixMillis::from_secs(1_800_000_000),
+            id: None,
         }
     }
 
@@ -241,9 +264,22 @@ mod tests {
             context_tokens: 2048,
             max_new_tokens: 512,
         });
+        u.id = Some([9; 16]);
         let bytes = u.encode();
-        assert!(bytes.len() < 200, "{}", bytes.len());
+        assert!(bytes.len() < 220, "{}", bytes.len());
         assert_eq!(UserData::decode(&bytes).unwrap(), u);
+    }
+
+    #[test]
+    fn an_instance_id_must_be_16_bytes() {
+        let mut bytes = sample().encode();
+        bytes[0] += 1; // one more entry
+        write_text(&mut bytes, "id");
+        write_bytes(&mut bytes, &[7; 15]);
+        assert!(matches!(
+            UserData::decode(&bytes),
+            Err(ProtocolError::MalformedUserData(m)) if m.contains("16 bytes")
+        ));
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Fixture {
             model: [5; 32],
             settings,
             exp: UnixMillis::from_secs((self.now.unix_timestamp() + exp_offset) as u64),
+            id: None,
         }
     }
 
@@ -227,6 +228,7 @@ fn only_unsupported_suites_are_refused() {
         model: [5; 32],
         settings: None,
         exp: UnixMillis::from_secs((f.now.unix_timestamp() + 60) as u64),
+        id: None,
     };
     let v = f.verified(Some(ud.encode()));
     assert_eq!(

@@ -1,33 +1,41 @@
 //! `confidant-relay`: the blind front door on the parent instance.
 //!
-//! QUIC (ALPN `confidant/1`) in; each bidirectional stream carried to the enclave over a bounded pool
+//! QUIC (ALPN `confidant/1`) in; each bidirectional stream carried to an enclave over a bounded pool
 //! of link connections (vsock in production, TCP or a Unix socket locally), both directions, with
-//! backpressure, without parsing what the streams carry. Caps per source address and in all keep one
-//! client from starving the others. When it cannot serve a stream it says why with an `ERROR` frame of
-//! its own (`enclave_unreachable`, `relay_overloaded`). It logs counts, byte counts and durations,
-//! never payload, and drains on SIGTERM as on SIGINT.
+//! backpressure, without reading what the streams carry beyond a leading `ROUTE` frame. With several
+//! enclaves (`--upstream` repeated), new exchanges go to the least loaded live one and routed streams
+//! to the one they name (`upstreams`). Caps per source address and in all keep one client from
+//! starving the others. When it cannot serve a stream it says why with an `ERROR` frame of its own
+//! (`enclave_unreachable`, `enclave_unknown`, `relay_overloaded`, `frame_deadline`). It logs counts,
+//! byte counts and durations, never payload, serves them for a load balancer and Prometheus
+//! (`--metrics`), and drains on SIGTERM as on SIGINT.
 
+mod boot_reports;
 mod fault;
 mod limits;
+mod metrics;
 mod tls;
 mod upstream;
+mod upstreams;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use confidant_protocol::endpoint::Endpoint;
-use confidant_protocol::frame::Frame;
+use confidant_protocol::frame::{Frame, FrameType, HEADER_LEN};
 use confidant_protocol::{Code, ALPN};
 use tokio::sync::Semaphore;
 
 use crate::fault::Fault;
 use crate::limits::{Caps, Limits};
-use crate::upstream::{Down, Pool};
+use crate::metrics::Counters;
+use crate::upstream::Down;
+use crate::upstreams::{NoUpstream, Upstreams};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,9 +47,21 @@ struct Args {
     /// UDP address to listen on.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: SocketAddr,
-    /// The enclave: vsock:CID:PORT, tcp:HOST:PORT or unix:PATH.
+    /// An enclave: vsock:CID:PORT, tcp:HOST:PORT or unix:PATH; repeat for several (a parent instance
+    /// runs up to four).
+    #[arg(long = "upstream", value_name = "ENDPOINT", required = true)]
+    upstreams: Vec<Endpoint>,
+    /// Seconds between health probes of each enclave (a failed probe takes it out of rotation).
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    health_interval: u64,
+    /// TCP address of the health and metrics endpoint (GET /health, GET /metrics), for a load
+    /// balancer's health check and Prometheus; off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Where enclaves report boot failures (vsock:PORT on the parent, e.g. vsock:5006; tcp: or unix:
+    /// locally): logged and counted by code, since a production enclave has no console.
     #[arg(long, value_name = "ENDPOINT")]
-    upstream: Endpoint,
+    boot_reports: Option<Endpoint>,
     /// TLS certificate chain (PEM).
     #[arg(
         long,
@@ -83,7 +103,7 @@ struct Args {
     /// Concurrent streams in all.
     #[arg(long, default_value_t = 4096)]
     max_streams: usize,
-    /// Link connections to the enclave that carry every stream.
+    /// Link connections to each enclave that carry every stream.
     #[arg(long, default_value_t = 4)]
     upstream_connections: usize,
     /// Bytes one stream may carry in each direction.
@@ -100,23 +120,19 @@ struct Args {
     capture_test_only: Option<PathBuf>,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    connections: AtomicU64,
-    streams: AtomicU64,
-    bytes_up: AtomicU64,
-    bytes_down: AtomicU64,
-    refused_overloaded: AtomicU64,
-    refused_unreachable: AtomicU64,
-}
+/// Most upstreams one relay takes.
+const MAX_UPSTREAMS: usize = 16;
+/// A stream must deliver its first frame header (and a `ROUTE` body) within this; the enclave's own
+/// frame deadlines apply after.
+const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Relay {
     capture: Option<Arc<std::sync::Mutex<std::fs::File>>>,
-    pool: Pool,
+    upstreams: Arc<Upstreams>,
     limits: Arc<Limits>,
     max_stream_bytes: u64,
     fault: Option<Fault>,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 fn main() -> ExitCode {
@@ -216,13 +232,20 @@ async fn run(args: Args) -> Result<(), String> {
         ))),
         None => None,
     };
+    if args.upstreams.len() > MAX_UPSTREAMS {
+        return Err(format!("at most {MAX_UPSTREAMS} --upstream"));
+    }
+    let upstreams = Arc::new(Upstreams::new(
+        args.upstreams.clone(),
+        args.upstream_connections,
+        Duration::from_secs(2),
+    ));
+    // Learn the enclaves' instance ids before the first client arrives, then keep probing.
+    upstreams.probe_all().await;
+    upstreams.spawn_prober(Duration::from_secs(args.health_interval.max(1)));
     let relay = Arc::new(Relay {
         capture,
-        pool: Pool::new(
-            args.upstream.clone(),
-            args.upstream_connections,
-            Duration::from_secs(2),
-        ),
+        upstreams: upstreams.clone(),
         limits: Limits::new(Caps {
             connections_per_source: args.max_connections_per_source,
             streams_per_source: args.max_streams_per_source,
@@ -230,10 +253,37 @@ async fn run(args: Args) -> Result<(), String> {
         }),
         max_stream_bytes: args.max_stream_bytes,
         fault: args.fault_test_only.clone(),
-        counters: Counters::default(),
+        counters: Arc::new(Counters::default()),
     });
+    let boot_failures = Arc::new(boot_reports::BootFailures::default());
+    if let Some(endpoint) = &args.boot_reports {
+        boot_reports::listen(endpoint, boot_failures.clone()).await?;
+    }
+    let metrics_addr = match args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("--metrics {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::new(metrics::Sources {
+                    counters: relay.counters.clone(),
+                    upstreams,
+                    limits: relay.limits.clone(),
+                    boot_failures,
+                }),
+            ));
+            format!(" metrics tcp:{local}")
+        }
+        None => String::new(),
+    };
     let local = endpoint.local_addr().map_err(|e| e.to_string())?;
-    println!("listening udp:{local} upstream {}", args.upstream);
+    let names: Vec<String> = args.upstreams.iter().map(ToString::to_string).collect();
+    println!(
+        "listening udp:{local} upstream {}{metrics_addr}",
+        names.join(",")
+    );
     if relay.fault.is_some() {
         tracing::warn!("fault injection is ON: this relay corrupts answers (test only)");
     }
@@ -280,6 +330,7 @@ async fn run(args: Args) -> Result<(), String> {
         bytes_down = c.bytes_down.load(Ordering::Relaxed),
         refused_overloaded = c.refused_overloaded.load(Ordering::Relaxed),
         refused_unreachable = c.refused_unreachable.load(Ordering::Relaxed),
+        refused_unknown = c.refused_unknown.load(Ordering::Relaxed),
         "stopped"
     );
     Ok(())
@@ -322,11 +373,42 @@ async fn refuse(mut send: quinn::SendStream, code: Code, message: &str) {
     let _ = send.stopped().await;
 }
 
+/// Reads the stream's first frame header and, when it is a `ROUTE`, its body. Returns the bytes read
+/// (forwarded as they are: the enclave checks the route names it) and the route.
+async fn first_frame(recv: &mut quinn::RecvStream) -> Result<(Vec<u8>, Option<[u8; 16]>), ()> {
+    let mut head = vec![0u8; HEADER_LEN];
+    match recv.read_exact(&mut head).await {
+        Ok(()) => {}
+        // Shorter than a header: the enclave says what is wrong with it.
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            head.truncate(n);
+            return Ok((head, None));
+        }
+        Err(quinn::ReadExactError::ReadError(_)) => return Err(()),
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if head[0] != FrameType::Route as u8 || len != 16 {
+        return Ok((head, None));
+    }
+    let mut id = [0u8; 16];
+    match recv.read_exact(&mut id).await {
+        Ok(()) => {
+            head.extend_from_slice(&id);
+            Ok((head, Some(id)))
+        }
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            head.extend_from_slice(&id[..n]);
+            Ok((head, None))
+        }
+        Err(quinn::ReadExactError::ReadError(_)) => Err(()),
+    }
+}
+
 async fn relay_stream(
     relay: Arc<Relay>,
     source: IpAddr,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut recv: quinn::RecvStream,
 ) {
     let started = Instant::now();
     relay.counters.streams.fetch_add(1, Ordering::Relaxed);
@@ -342,9 +424,38 @@ async fn relay_stream(
         )
         .await;
     };
-    let (mut link, mut down_rx) = match relay.pool.open().await {
-        Ok(l) => l,
-        Err(_) => {
+    let (prefix, route) =
+        match tokio::time::timeout(FIRST_FRAME_DEADLINE, first_frame(&mut recv)).await {
+            Ok(Ok(first)) => first,
+            Ok(Err(())) => return,
+            Err(_) => {
+                relay
+                    .counters
+                    .first_frame_deadlines
+                    .fetch_add(1, Ordering::Relaxed);
+                return refuse(
+                    send,
+                    Code::FrameDeadline,
+                    "no frame header within the relay's deadline",
+                )
+                .await;
+            }
+        };
+    let mut opened = match relay.upstreams.open(route).await {
+        Ok(o) => o,
+        Err(NoUpstream::Unknown) => {
+            relay
+                .counters
+                .refused_unknown
+                .fetch_add(1, Ordering::Relaxed);
+            return refuse(
+                send,
+                Code::EnclaveUnknown,
+                "the enclave this exchange was for is not behind this relay; attest again",
+            )
+            .await;
+        }
+        Err(NoUpstream::Unreachable) => {
             relay
                 .counters
                 .refused_unreachable
@@ -358,11 +469,20 @@ async fn relay_stream(
             .await;
         }
     };
-    let up = up(&relay, recv, &mut link);
-    let down = down(&relay, send, &mut down_rx);
+    capture(&relay, &prefix);
+    if opened.link.send(&prefix).await.is_err() {
+        relay
+            .counters
+            .refused_unreachable
+            .fetch_add(1, Ordering::Relaxed);
+        return refuse(send, Code::EnclaveUnreachable, "the relay lost the enclave").await;
+    }
+    let link = &mut opened.link;
+    let up = up(&relay, recv, link, prefix.len() as u64);
+    let down = down(&relay, send, &mut opened.down);
     let ((up_bytes, up_end), (down_bytes, down_end)) = tokio::join!(up, down);
     if up_end == "eof" && down_end == "eof" {
-        link.complete();
+        opened.link.complete();
     }
     relay
         .counters
@@ -396,9 +516,10 @@ async fn up(
     relay: &Relay,
     mut recv: quinn::RecvStream,
     link: &mut upstream::LinkStream,
+    already: u64,
 ) -> (u64, &'static str) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut bytes = 0u64;
+    let mut bytes = already;
     let end = loop {
         match recv.read(&mut buf).await {
             Ok(None) => {

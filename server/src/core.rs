@@ -73,6 +73,8 @@ struct Stream {
     opened: UnixMillis,
     /// When the bytes now pending in the decoder began to arrive.
     frame_started: Option<UnixMillis>,
+    /// A `ROUTE` frame came first (at most one, and only first).
+    routed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,8 @@ pub struct Core {
     next_job: u64,
     next_conversation: u64,
     rng: ChaCha20Rng,
+    /// This enclave instance (random at boot): attested in `user_data`, named by `ROUTE` frames.
+    instance: [u8; 16],
     out: VecDeque<Output>,
     stats: Stats,
     engine: EngineStatus,
@@ -130,7 +134,13 @@ impl Core {
     ) -> Core {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keys = KeyRing::new(now, config.key_ttl, config.key_grace, &mut rng);
+        let mut instance = [0u8; 16];
+        {
+            use rand_core::Rng;
+            rng.fill_bytes(&mut instance);
+        }
         Core {
+            instance,
             sessions: SessionTable::new(config.max_sessions),
             config,
             identity,
@@ -168,6 +178,7 @@ impl Core {
                 state: StreamState::Open,
                 opened: now,
                 frame_started: None,
+                routed: false,
             },
         );
         self.stats.streams += 1;
@@ -403,6 +414,7 @@ impl Core {
         let e = &self.engine;
         serde_json::json!({
             "status": if e.alive { "ok" } else { "degraded" },
+            "instance": hex::encode(self.instance),
             "nsm": self.nsm.kind(),
             "dtype": self.identity.dtype,
             "uptime_s": now.saturating_since(self.started).as_secs(),
@@ -440,6 +452,7 @@ impl Core {
         // The frame's type and stream only: never its contents.
         tracing::debug!(stream = stream.0, frame = frame.name(), "frame");
         let result = match frame {
+            Frame::Route { enclave } => self.route(stream, enclave),
             Frame::Attest { nonce } => self.attest(stream, nonce, now),
             Frame::Health { .. } => {
                 let status = self.health(now);
@@ -466,6 +479,34 @@ impl Core {
         if let Err(refusal) = result {
             self.fail(stream, refusal);
         }
+    }
+
+    /// This enclave instance's id (what `ROUTE` frames and `user_data` name).
+    pub fn instance(&self) -> [u8; 16] {
+        self.instance
+    }
+
+    /// A `ROUTE` frame: only first on a stream, and only naming this enclave (a relay that routed it
+    /// elsewhere is refused here rather than failing later on keys this enclave never had).
+    fn route(&mut self, stream: StreamId, enclave: [u8; 16]) -> Result<(), Refusal> {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Ok(());
+        };
+        if s.routed {
+            return Err(ProtocolError::UnexpectedFrame {
+                got: "ROUTE",
+                expected: "one ROUTE frame, first",
+            }
+            .into());
+        }
+        s.routed = true;
+        if enclave != self.instance {
+            return Err(Refusal::new(
+                Code::EnclaveUnknown,
+                "the stream was routed to another enclave; attest again",
+            ));
+        }
+        Ok(())
     }
 
     /// A document for the current keys (fresh for a nonce; the cached one otherwise) and the
@@ -498,6 +539,7 @@ impl Core {
                     dtype: Some(identity.dtype.clone()),
                     limits: Some(limits),
                     exp: generation.expires(),
+                    id: Some(self.instance),
                 };
                 let doc = self
                     .nsm

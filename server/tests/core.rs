@@ -631,3 +631,47 @@ fn health_reports_counts_only() {
     assert_eq!(v["attestations"], 1);
     assert_eq!(v["nsm"], "emulated");
 }
+
+/// Sends `frames` one after another on one new stream.
+fn send_all(h: &mut Harness, frames: &[Frame]) -> Vec<Output> {
+    let s = h.core.accept(h.now);
+    let mut bytes = Vec::new();
+    for f in frames {
+        f.encode_into(&mut bytes);
+    }
+    h.core.receive(s, &bytes, h.now);
+    h.core.finish(s);
+    h.drain()
+}
+
+#[test]
+fn a_route_to_this_enclave_goes_on_and_a_route_elsewhere_is_refused() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let me = h.core.instance();
+    assert_eq!(
+        recipient.user_data.id,
+        Some(me),
+        "the instance id is attested"
+    );
+    let health: serde_json::Value =
+        serde_json::from_str(&h.core.health(h.now)).expect("health is JSON");
+    assert_eq!(health["instance"], hex::encode(me));
+
+    let (frame, _) = h.request_frame(&recipient, &Ask::new("routed"));
+    let mut out = send_all(&mut h, &[Frame::Route { enclave: me }, frame]);
+    assert!(submitted(&mut out).is_some(), "routed here: answered");
+
+    let (frame, _) = h.request_frame(&recipient, &Ask::new("misrouted"));
+    let mut other = me;
+    other[0] ^= 1;
+    let mut out = send_all(&mut h, &[Frame::Route { enclave: other }, frame]);
+    assert!(submitted(&mut out).is_none());
+    assert_eq!(error_code(&out), Some(Code::EnclaveUnknown));
+
+    let (frame, _) = h.request_frame(&recipient, &Ask::new("twice"));
+    let route = Frame::Route { enclave: me };
+    let mut out = send_all(&mut h, &[route.clone(), route, frame]);
+    assert!(submitted(&mut out).is_none());
+    assert_eq!(error_code(&out), Some(Code::UnexpectedFrame));
+}

@@ -157,7 +157,11 @@ pub fn start_enclave_env(
         .args(extra);
     start(
         &mut cmd,
-        dir.join(format!("enclave-{}.log", std::process::id())),
+        dir.join(format!(
+            "enclave-{}-{}.log",
+            std::process::id(),
+            socket.file_stem().unwrap_or_default().to_string_lossy()
+        )),
     )
     .0
 }

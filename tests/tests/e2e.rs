@@ -110,19 +110,24 @@ fn a_relay_that_corrupts_the_answer_is_caught_and_nothing_passes_as_complete() {
     let ok = ask_json(&stack, &stack.relay_addr, "warm up", "4");
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     let cache = stack.dir.path().join("cache");
+    // The enclave the honest relay led to, as the cache lists it for that relay.
     let cached = std::fs::read_dir(&cache)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("relay-")
+        })
+        .unwrap();
     for fault in ["flip:70", "drop:60:20", "reorder:45:30", "drop:200:100000"] {
         let (_relay, addr) = start_relay(
             stack.dir.path(),
             &stack.socket,
             &["--fault-test-only", fault],
         );
-        let alias = cache.join(format!("attestation-{}.bin", addr.replace(':', "_")));
+        let alias = cache.join(format!("relay-{}.list", addr.replace(':', "_")));
         std::fs::copy(&cached, &alias).unwrap();
         let out = ask_json(&stack, &addr, "What does my plan cover?", "24");
         assert_eq!(out.status.code(), Some(1), "{fault}: {}", stderr(&out));

@@ -153,8 +153,12 @@ impl TrustArgs {
         } else {
             "fetched now".into()
         };
+        let instance = a
+            .enclave()
+            .map(|id| format!(", instance {}", &hex::encode(id)[..8]))
+            .unwrap_or_default();
         eprintln!(
-            "attested {} ({source}); root {} [{}]{}; pinned {}",
+            "attested {}{instance} ({source}); root {} [{}]{}; pinned {}",
             a.verified.doc().module_id,
             root.subject,
             &hex::encode(root.sha256)[..16],
@@ -258,7 +262,12 @@ fn fail(e: RemoteError, json: bool) -> Result<i32, CliError> {
     let unavailable = matches!(e, RemoteError::Connect(_) | RemoteError::Timeout(_))
         || matches!(
             e.code(),
-            ReportedCode::Wire(Code::EnclaveUnreachable | Code::RelayOverloaded | Code::Busy)
+            ReportedCode::Wire(
+                Code::EnclaveUnreachable
+                    | Code::EnclaveUnknown
+                    | Code::RelayOverloaded
+                    | Code::Busy
+            )
         );
     let (verdict, status) = if e.is_rejection() {
         ("rejected", exit::REJECTED)
@@ -330,6 +339,7 @@ fn summary_json(a: &Attested, pins: &[String]) -> serde_json::Value {
         "root": {"subject": root.subject, "sha256": hex::encode(root.sha256), "aws_nitro_root": root.is_aws_nitro_root()},
         "pinned": pins,
         "cached": a.cached,
+        "enclave": ud.id.map(hex::encode),
     })
 }
 
@@ -477,6 +487,7 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
                             "module_id": attested.verified.doc().module_id,
                             "root_sha256": hex::encode(attested.verified.root().sha256),
                             "cached_attestation": attested.cached,
+                            "enclave": attested.enclave().map(hex::encode),
                             "first_chunk_ms": answer.first_chunk.map(|d| d.as_secs_f64() * 1e3),
                             "total_ms": answer.total.as_secs_f64() * 1e3,
                         })

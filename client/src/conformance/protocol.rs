@@ -152,6 +152,7 @@ fn user_data(v: &Value, cases: &mut Vec<CaseResult>) -> R<()> {
             model: digest(u, "model")?,
             settings,
             exp: UnixMillis::from_secs(u["exp"].as_u64().ok_or("no exp")?),
+            id: None,
         };
         let cbor = hex_field(u, "cbor")?;
         cases.push(CaseResult::check(

@@ -148,6 +148,7 @@ fn main() {
             max_new_tokens: 512,
         }),
         exp: UnixMillis::from_secs(1_800_000_000),
+        id: None,
     };
     write(&root, "user_data", "full", &ud.encode());
     write(
