@@ -21,7 +21,7 @@ mod upstreams;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -362,8 +362,9 @@ async fn serve_connection(relay: Arc<Relay>, conn: quinn::Connection) {
     );
 }
 
-/// Answers a stream the relay cannot carry with its own `ERROR` frame.
-async fn refuse(mut send: quinn::SendStream, code: Code, message: &str) {
+/// Answers a stream the relay cannot carry with its own `ERROR` frame, counted under `counter`.
+async fn refuse(counter: &AtomicU64, mut send: quinn::SendStream, code: Code, message: &str) {
+    counter.fetch_add(1, Ordering::Relaxed);
     let frame = Frame::Error {
         code,
         message: message.into(),
@@ -413,11 +414,8 @@ async fn relay_stream(
     let started = Instant::now();
     relay.counters.streams.fetch_add(1, Ordering::Relaxed);
     let Some(_slot) = relay.limits.stream(source) else {
-        relay
-            .counters
-            .refused_overloaded
-            .fetch_add(1, Ordering::Relaxed);
         return refuse(
+            &relay.counters.refused_overloaded,
             send,
             Code::RelayOverloaded,
             "too many streams from this source or in all; retry shortly",
@@ -429,11 +427,8 @@ async fn relay_stream(
             Ok(Ok(first)) => first,
             Ok(Err(())) => return,
             Err(_) => {
-                relay
-                    .counters
-                    .first_frame_deadlines
-                    .fetch_add(1, Ordering::Relaxed);
                 return refuse(
+                    &relay.counters.first_frame_deadlines,
                     send,
                     Code::FrameDeadline,
                     "no frame header within the relay's deadline",
@@ -444,11 +439,8 @@ async fn relay_stream(
     let mut opened = match relay.upstreams.open(route).await {
         Ok(o) => o,
         Err(NoUpstream::Unknown) => {
-            relay
-                .counters
-                .refused_unknown
-                .fetch_add(1, Ordering::Relaxed);
             return refuse(
+                &relay.counters.refused_unknown,
                 send,
                 Code::EnclaveUnknown,
                 "the enclave this exchange was for is not behind this relay; attest again",
@@ -456,12 +448,9 @@ async fn relay_stream(
             .await;
         }
         Err(NoUpstream::Unreachable) => {
-            relay
-                .counters
-                .refused_unreachable
-                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("upstream unreachable");
             return refuse(
+                &relay.counters.refused_unreachable,
                 send,
                 Code::EnclaveUnreachable,
                 "the relay cannot reach the enclave",
@@ -471,11 +460,13 @@ async fn relay_stream(
     };
     capture(&relay, &prefix);
     if opened.link.send(&prefix).await.is_err() {
-        relay
-            .counters
-            .refused_unreachable
-            .fetch_add(1, Ordering::Relaxed);
-        return refuse(send, Code::EnclaveUnreachable, "the relay lost the enclave").await;
+        return refuse(
+            &relay.counters.refused_unreachable,
+            send,
+            Code::EnclaveUnreachable,
+            "the relay lost the enclave",
+        )
+        .await;
     }
     let link = &mut opened.link;
     let up = up(&relay, recv, link, prefix.len() as u64);
@@ -580,11 +571,13 @@ async fn down(
             }
             None if bytes == 0 => {
                 // Lost before anything came back: say so.
-                relay
-                    .counters
-                    .refused_unreachable
-                    .fetch_add(1, Ordering::Relaxed);
-                refuse(send, Code::EnclaveUnreachable, "the relay lost the enclave").await;
+                refuse(
+                    &relay.counters.refused_unreachable,
+                    send,
+                    Code::EnclaveUnreachable,
+                    "the relay lost the enclave",
+                )
+                .await;
                 return (0, "link lost");
             }
             None => {

@@ -12,7 +12,7 @@ use confidant_e2e::*;
 
 struct Fleet {
     dir: tempfile::TempDir,
-    enclaves: Vec<Option<Proc>>,
+    enclaves: Vec<Proc>,
     _relay: Proc,
     relay_addr: String,
     metrics_addr: String,
@@ -26,7 +26,7 @@ impl Fleet {
             .collect();
         let enclaves = sockets
             .iter()
-            .map(|s| Some(start_enclave(dir.path(), s, &[])))
+            .map(|s| start_enclave(dir.path(), s, &[]))
             .collect();
         let mut cmd = Command::new(bin("confidant-relay"));
         cmd.args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
@@ -147,7 +147,7 @@ fn three_enclaves_share_the_load_and_one_killed_loses_no_answer() {
         .iter()
         .map(|q| expected("", &[q], 12).remove(0))
         .collect();
-    let victim = fleet.enclaves[1].as_ref().unwrap().child.id();
+    let victim = fleet.enclaves[1].child.id();
 
     // Six users, each with its own attestation cache (so each keeps going back to the enclave it
     // attested), ask in turn; one enclave is killed part-way.
