@@ -134,8 +134,15 @@ echo "== confidant verify $DEMO/attestation.json (offline: every check ask makes
 
 QUESTION="My name is Ana Ruiz and my plan number is 4471-22. Is a hearing aid covered by my health plan?"
 echo "== confidant ask \"$QUESTION\""
-"$C" ask --temperature 0 --max-tokens 128 "$QUESTION" 2> "$DEMO/ask.err" | fold -s -w 100 | sed 's/^/   /'
+"$C" ask --temperature 0 --max-tokens 128 --receipt "$DEMO/receipt.json" "$QUESTION" 2> "$DEMO/ask.err" \
+  | tee "$DEMO/answer.out" | fold -s -w 100 | sed 's/^/   /'
 sed 's/^/   /' "$DEMO/ask.err"
+# The answer as streamed, without the newline ask ends it with.
+printf '%s' "$QUESTION" > "$DEMO/question.txt"
+head -c -1 "$DEMO/answer.out" > "$DEMO/answer.txt"
+echo "== confidant verify-receipt $DEMO/receipt.json (offline: this enclave signed this answer to this question)"
+"$C" verify-receipt "$DEMO/receipt.json" --root "$DEMO/ca/root.pem" --policy <(sed -n '/^\[pcrs\]/,$p' "$DEMO/config.toml") \
+  --question "$DEMO/question.txt" --answer "$DEMO/answer.txt" | grep -E "valid|PCR0|model|answer |covers" | sed 's/^/   /'
 echo "== what the relay saw (counts and timings only):"
 grep -E "stream|connection" "$DEMO/relay.log" | tail -2 | sed 's/^/   /'
 echo "== the KMS gate released the settings key only to the attested enclave:"

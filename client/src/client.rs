@@ -120,10 +120,11 @@ impl Client {
         ask: &Ask,
         out: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer, RemoteError> {
-        if let Some(a) = &self.attested {
-            remote::check_limits(a, ask)?;
-        }
-        remote::turn(&self.relay, self.route(), session, ask, out).await
+        let Some(a) = &self.attested else {
+            return Err(RemoteError::Ended("an attestation document"));
+        };
+        remote::check_limits(a, ask)?;
+        remote::turn(&self.relay, a, session, ask, out).await
     }
 
     /// The enclave instance exchanges are routed to: the attested one.

@@ -11,6 +11,7 @@ mod error;
 pub mod input;
 pub mod policy;
 pub mod quic;
+pub mod receipts;
 pub mod remote;
 pub mod roots;
 pub mod trust;

@@ -1,13 +1,17 @@
 //! Talking to the enclave through the relay: attest, ask, and chat turns. Nothing is sent before a
-//! document verifies; an answer is complete only when its final chunk authenticates.
+//! document verifies; an answer is complete only when its final chunk authenticates and carries a
+//! receipt, signed by the attested receipt key, that covers this question and this answer.
 
 use std::io::Write;
 
 use confidant_protocol::chunks::ChunkOpener;
 use confidant_protocol::frame::Frame;
 use confidant_protocol::message::{Ask, Trailer};
+use confidant_protocol::receipt::{self, Expected};
 use confidant_protocol::request::{encapsulate, ClientRequest, CONFIDANT_LABELS};
 use confidant_protocol::session::ClientSession;
+use confidant_protocol::user_data::sha256;
+use confidant_protocol::{frame, shape};
 use confidant_protocol::{system_rng, Code, ProtocolError, Recipient, UnixMillis};
 use confidant_verifier::{Verified, VerifyAt};
 
@@ -217,14 +221,60 @@ pub struct Answer {
     /// From sending the question to the first text chunk, and to the final chunk.
     pub first_chunk: Option<std::time::Duration>,
     pub total: std::time::Duration,
+    /// The answer's receipt (COSE_Sign1), verified; `confidant verify-receipt` checks it offline.
+    pub receipt: Vec<u8>,
 }
 
-/// Reads chunks until the final one, passing text to `out` as it arrives.
+/// What an answer's receipt must cover, known before the answer arrives.
+struct Covers<'a> {
+    attested: &'a Attested,
+    /// SHA-256 of the encapsulated request, or of the `SESSION` body.
+    request: [u8; 32],
+    question: &'a str,
+    /// The previous turn's receipt hash (`None` for a session's first turn or a one-shot question).
+    previous: Option<[u8; 32]>,
+}
+
+impl Covers<'_> {
+    /// Verifies the final chunk's receipt: signed by the attested key, covering exactly this
+    /// exchange. A missing or bad receipt fails the answer like a bad final chunk.
+    fn verify(&self, text: &str, trailer: &Trailer) -> Result<Vec<u8>, RemoteError> {
+        let u = &self.attested.recipient.user_data;
+        let bad = |m: &str| RemoteError::Protocol(ProtocolError::BadReceipt(m.into()));
+        let rk =
+            u.rk.ok_or_else(|| bad("the enclave attests no receipt key"))?;
+        let cose = trailer
+            .receipt_bytes()
+            .ok_or_else(|| bad("the final chunk carries no receipt"))?
+            .map_err(|()| bad("the receipt is not base64"))?;
+        let r = receipt::open(&cose, &rk)?;
+        r.check(&Expected {
+            document: self.attested.recipient.attestation_sha256,
+            document_time: UnixMillis::from_millis(self.attested.verified.doc().timestamp),
+            user_data: u,
+            request: Some(self.request),
+            question: Some(self.question),
+            answer: Some(text),
+            trailer: Some((
+                trailer.finish,
+                trailer.prompt_tokens,
+                trailer.generated_tokens,
+            )),
+            previous: Some(self.previous),
+        })?;
+        Ok(cose)
+    }
+}
+
+/// Reads chunks until the final one, passing text to `out` as it arrives. A shaped answer's
+/// chunks carry a length, text and padding, and some none (`protocol::shape`).
 async fn read_chunks(
     reader: &mut FrameReader,
     opener: &mut ChunkOpener,
     out: &mut (dyn FnMut(&str) + Send),
     sent: std::time::Instant,
+    covers: &Covers<'_>,
+    shaped: bool,
 ) -> Result<Answer, RemoteError> {
     let mut text = String::new();
     let mut first_chunk = None;
@@ -234,8 +284,16 @@ async fn read_chunks(
                 last: false,
                 sealed,
             }) => {
-                let piece = opener.open(&sealed, false)?;
-                let piece = std::str::from_utf8(&piece).map_err(|_| RemoteError::BadChunk)?;
+                let plain = opener.open(&sealed, false)?;
+                let piece = if shaped {
+                    shape::decode_data(&plain)?
+                } else {
+                    &plain[..]
+                };
+                let piece = std::str::from_utf8(piece).map_err(|_| RemoteError::BadChunk)?;
+                if piece.is_empty() {
+                    continue;
+                }
                 out(piece);
                 text.push_str(piece);
                 first_chunk.get_or_insert_with(|| sent.elapsed());
@@ -250,11 +308,13 @@ async fn read_chunks(
                         other => refused(other),
                     });
                 }
+                let receipt = covers.verify(&text, &trailer)?;
                 return Ok(Answer {
                     text,
                     trailer,
                     first_chunk,
                     total: sent.elapsed(),
+                    receipt,
                 });
             }
             Some(other) => return Err(refused(other)),
@@ -266,8 +326,16 @@ async fn read_chunks(
     }
 }
 
-/// Refuses, before anything is sent, a question the enclave's attested limits would refuse.
+/// Refuses, before anything is sent, a question the enclave's attested limits would refuse, or an
+/// enclave that could not sign its answer's receipt.
 pub fn check_limits(attested: &Attested, ask: &Ask) -> Result<(), RemoteError> {
+    if attested.recipient.user_data.rk.is_none() {
+        return Err(RemoteError::Limit {
+            code: Code::BadReceipt,
+            message: "the enclave attests no receipt key, so its answer could not be receipted"
+                .into(),
+        });
+    }
     let (Some(limits), Some(max)) = (attested.recipient.user_data.limits, ask.max_tokens) else {
         return Ok(());
     };
@@ -301,14 +369,28 @@ pub async fn ask(
 ) -> Result<(Answer, ClientRequest), RemoteError> {
     check_limits(attested, ask)?;
     let r = &attested.recipient;
+    let shaped = ask.shape != Some(false);
+    let mut plaintext = ask.to_bytes();
+    if shaped {
+        // REQUEST body = binding ‖ header ‖ enc ‖ ciphertext ‖ tag.
+        let overhead = 32 + 7 + r.suite.kem.enc_len() + 16;
+        shape::pad_request(&mut plaintext, overhead, frame::MAX_BODY as usize);
+    }
     let (encapsulated, client) = encapsulate(
         &r.config,
         r.suite,
         &r.attestation_sha256,
-        &ask.to_bytes(),
+        &plaintext,
         &CONFIDANT_LABELS,
         &mut system_rng(),
     )?;
+    drop(plaintext);
+    let covers = Covers {
+        attested,
+        request: sha256(&encapsulated),
+        question: &ask.prompt,
+        previous: None,
+    };
     let sent = std::time::Instant::now();
     let mut reader = relay
         .exchange_routed(
@@ -325,23 +407,47 @@ pub async fn ask(
         None => return Err(RemoteError::Ended("the response began")),
     };
     let mut opener = client.response_opener(&nonce)?;
-    let answer = read_chunks(&mut reader, &mut opener, out, sent).await?;
+    let answer = read_chunks(&mut reader, &mut opener, out, sent, &covers, shaped).await?;
     Ok((answer, client))
 }
 
-/// One follow-up turn of a session.
+/// One follow-up turn of a session with the enclave `attested` (where the session began). Its
+/// receipt chains to the previous turn's; the session then chains to this one.
 pub async fn turn(
     relay: &Relay,
-    route: Option<[u8; 16]>,
+    attested: &Attested,
     session: &mut ClientSession,
     ask: &Ask,
     out: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Answer, RemoteError> {
-    let (seq, frame) = session.seal_turn(&ask.to_bytes());
+    let shaped = ask.shape != Some(false);
+    let mut plaintext = ask.to_bytes();
+    if shaped {
+        // SESSION body = id ‖ seq ‖ ciphertext ‖ tag.
+        shape::pad_request(&mut plaintext, 16 + 8 + 16, frame::MAX_BODY as usize);
+    }
+    let (seq, frame) = session.seal_turn(&plaintext);
+    drop(plaintext);
+    let request = match &frame {
+        Frame::Session {
+            id,
+            seq,
+            ciphertext,
+        } => receipt::turn_request(id, *seq, ciphertext),
+        _ => return Err(RemoteError::Unexpected(frame.name())),
+    };
+    let covers = Covers {
+        attested,
+        request,
+        question: &ask.prompt,
+        previous: session.last_receipt(),
+    };
     let sent = std::time::Instant::now();
-    let mut reader = relay.exchange_routed(route, &frame).await?;
+    let mut reader = relay.exchange_routed(attested.enclave(), &frame).await?;
     let mut opener = session.reply_opener(seq);
-    read_chunks(&mut reader, &mut opener, out, sent).await
+    let answer = read_chunks(&mut reader, &mut opener, out, sent, &covers, shaped).await?;
+    session.chain_receipt(receipt::hash(&answer.receipt));
+    Ok(answer)
 }
 
 /// Ends a session; the enclave acknowledges by echoing the `CLOSE`.

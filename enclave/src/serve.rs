@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Prompt plus answer tokens per request and per session (attested; sealed settings may set it).
     #[arg(long, value_name = "TOKENS", default_value_t = 2048)]
     context_tokens: u32,
+    /// The traffic shape's cadence, ms: a shaped answer (the default) leaves as one fixed-size chunk
+    /// this often. Shorter costs bytes on the wire, longer delays the first token (up to one cadence).
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=2000))]
+    shape_cadence_ms: u64,
     /// Sealed settings (made by `seal`): unsealed through KMS with this enclave's attestation at
     /// boot; if that fails the enclave does not serve.
     #[arg(long, value_name = "FILE")]
@@ -119,6 +123,7 @@ pub fn run(args: ServeArgs) -> Result<u8, String> {
             absolute: Duration::from_secs(args.session_max),
         },
         context_tokens: args.context_tokens,
+        shape_cadence: Duration::from_millis(args.shape_cadence_ms),
         ..ServeConfig::default()
     };
     let mut template = ChatTemplate::default();

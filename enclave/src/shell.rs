@@ -186,6 +186,10 @@ pub async fn serve(
     let mut next_conn: ConnId = 0;
     let mut tick = tokio::time::interval(TICK);
     loop {
+        // The next shaped-answer chunk, if any is scheduled before the tick.
+        let paced = core
+            .poll_timeout()
+            .map(|at| tokio::time::Instant::now() + at.saturating_since(UnixMillis::now()));
         tokio::select! {
             Some(ev) = net_rx.recv() => {
                 let now = UnixMillis::now();
@@ -242,6 +246,9 @@ pub async fn serve(
             },
             _ = tick.tick() => {
                 core.set_engine_status(engine_status(&engine));
+                core.handle_timeout(UnixMillis::now());
+            }
+            _ = async { tokio::time::sleep_until(paced.unwrap_or_else(tokio::time::Instant::now)).await }, if paced.is_some() => {
                 core.handle_timeout(UnixMillis::now());
             }
         }

@@ -68,6 +68,7 @@ fn main() {
             settings: settings.map(|s| s.try_into().unwrap()),
             exp: UnixMillis::from_secs(1_800_000_000),
             id: None,
+            rk: None,
         };
         json!({ "kc": h(&u.kc), "model": h(&u.model), "settings": u.settings.map(|s| h(&s)), "exp": u.exp.as_secs(), "cbor": h(&u.encode()) })
     };

@@ -86,6 +86,8 @@ errors! {
         TrailingChunk = "trailing_chunk": "data after the final response chunk";
         BadChunk = "bad_chunk": "an authentic answer chunk that is not UTF-8 text";
         BadTrailer = "bad_trailer": "an authentic final chunk whose trailer does not decode";
+        BadReceipt = "bad_receipt": "an answer's receipt is missing, does not decode, or its signature does not verify under the attested receipt key";
+        ReceiptMismatch = "receipt_mismatch": "an authentic receipt covers something other than this exchange (the message names the field)";
     }
     "sessions" {
         UnknownSession = "unknown_session": "the session is not (or no longer) known to the enclave";

@@ -66,6 +66,10 @@ pub enum ProtocolError {
     TruncatedResponse,
     #[error("data after the final response chunk")]
     TrailingChunk,
+    #[error("bad receipt: {0}")]
+    BadReceipt(String),
+    #[error("the receipt's `{0}` does not match what it should cover")]
+    ReceiptMismatch(&'static str),
     #[error("session is unknown")]
     UnknownSession,
     #[error("session expired")]
@@ -103,6 +107,8 @@ impl ProtocolError {
             ProtocolError::ChunkAuth(_) => Code::ChunkAuth,
             ProtocolError::TruncatedResponse => Code::TruncatedResponse,
             ProtocolError::TrailingChunk => Code::TrailingChunk,
+            ProtocolError::BadReceipt(_) => Code::BadReceipt,
+            ProtocolError::ReceiptMismatch(_) => Code::ReceiptMismatch,
             ProtocolError::UnknownSession => Code::UnknownSession,
             ProtocolError::SessionExpired => Code::SessionExpired,
             ProtocolError::SequenceReused { .. } => Code::SequenceReused,

@@ -22,9 +22,11 @@ pub mod hpke_ops;
 pub mod keyconfig;
 pub mod link;
 pub mod message;
+pub mod receipt;
 pub mod replay;
 pub mod request;
 pub mod session;
+pub mod shape;
 pub mod suite;
 pub mod user_data;
 

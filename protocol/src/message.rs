@@ -23,6 +23,9 @@ pub struct Ask {
     /// Keep a session (its keys and the model's state) for follow-up turns. A one-shot question
     /// (`false`, the default) leaves nothing behind in the enclave once it is answered.
     pub session: bool,
+    /// The traffic shape (`shape`): `None` leaves it to the enclave (on by default); `Some(false)`
+    /// asks for each piece of text as it comes, unpadded.
+    pub shape: Option<bool>,
 }
 
 impl fmt::Debug for Ask {
@@ -36,6 +39,7 @@ impl fmt::Debug for Ask {
             .field("top_k", &self.top_k)
             .field("seed", &self.seed)
             .field("session", &self.session)
+            .field("shape", &self.shape)
             .finish()
     }
 }
@@ -55,7 +59,7 @@ pub enum AskError {
     MissingPrompt,
 }
 
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "prompt",
     "max_tokens",
     "temperature",
@@ -63,6 +67,7 @@ const FIELDS: [&str; 7] = [
     "top_k",
     "seed",
     "session",
+    "shape",
 ];
 
 impl Ask {
@@ -101,6 +106,9 @@ impl Ask {
         }
         if self.session {
             field("session", true.into());
+        }
+        if let Some(v) = self.shape {
+            field("shape", v.into());
         }
         out.push(b'}');
         out
@@ -182,7 +190,8 @@ impl<'de> Visitor<'de> for AskSeed<'_> {
                 }
                 "top_k" => ask.top_k = Some(map.next_value().map_err(|e| fail(wrong(e)))?),
                 "seed" => ask.seed = Some(map.next_value().map_err(|e| fail(wrong(e)))?),
-                _ => ask.session = map.next_value().map_err(|e| fail(wrong(e)))?,
+                "session" => ask.session = map.next_value().map_err(|e| fail(wrong(e)))?,
+                _ => ask.shape = Some(map.next_value().map_err(|e| fail(wrong(e)))?),
             }
         }
         if !seen[0] {
@@ -272,6 +281,9 @@ pub struct Trailer {
     pub finish: Finish,
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
+    /// The answer's signed receipt (`receipt`), as standard base64 of its COSE_Sign1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 impl Trailer {
@@ -281,6 +293,23 @@ impl Trailer {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Trailer, String> {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Base64 of a receipt, as the `receipt` field carries it.
+    pub fn encode_receipt(cose: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(cose)
+    }
+
+    /// The receipt's bytes, if the trailer carries one that decodes.
+    pub fn receipt_bytes(&self) -> Option<Result<Vec<u8>, ()>> {
+        use base64::Engine;
+        let r = self.receipt.as_deref()?;
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(r)
+                .map_err(|_| ()),
+        )
     }
 }
 
@@ -295,9 +324,14 @@ mod tests {
             seed: Some(1),
             temperature: Some(0.5),
             session: true,
+            shape: Some(false),
             ..Ask::new("hi")
         };
         assert_eq!(Ask::from_bytes(&a.to_bytes()).unwrap(), a);
+        // Padding: whitespace after the object is JSON, and changes nothing.
+        let mut padded = a.to_bytes().to_vec();
+        padded.resize(1024, b' ');
+        assert_eq!(Ask::from_bytes(&padded).unwrap(), a);
         assert_eq!(
             Ask::from_bytes(br#"{"prompt":"x","max_token":3}"#),
             Err(AskError::UnknownField)
@@ -346,6 +380,7 @@ mod tests {
             finish: Finish::Length,
             prompt_tokens: 3,
             generated_tokens: 4,
+            receipt: None,
         };
         assert_eq!(
             String::from_utf8(t.to_bytes()).unwrap(),

@@ -112,11 +112,27 @@ impl SessionKeys {
 pub struct ClientSession {
     keys: Arc<SessionKeys>,
     next_seq: u64,
+    /// The hash of the last answer's receipt, which the next turn's receipt must chain to.
+    last_receipt: Option<[u8; 32]>,
 }
 
 impl ClientSession {
     pub(crate) fn new(keys: Arc<SessionKeys>) -> ClientSession {
-        ClientSession { keys, next_seq: 1 }
+        ClientSession {
+            keys,
+            next_seq: 1,
+            last_receipt: None,
+        }
+    }
+
+    /// The receipt the next turn's receipt must name as `prev` (`receipt::hash` of it).
+    pub fn last_receipt(&self) -> Option<[u8; 32]> {
+        self.last_receipt
+    }
+
+    /// Records a verified answer's receipt hash: the next turn chains to it.
+    pub fn chain_receipt(&mut self, hash: [u8; 32]) {
+        self.last_receipt = Some(hash);
     }
 
     /// The session id.

@@ -3,13 +3,14 @@
 //! ```text
 //! {"v": 1, "kc": SHA-256(key-config list), "model": SHA-256, ["settings": SHA-256,]
 //!  ["dtype": "f32" | "bf16" | "int8",] ["limits": {"ctx": tokens, "out": tokens},] "exp": unix s,
-//!  ["id": 16 bytes]}
+//!  ["id": 16 bytes,] ["rk": Ed25519 public key]}
 //! ```
 //! encoded with definite lengths in that key order (the NSM takes at most 512 bytes; this is under
 //! 200). Decoding is strict: unknown or duplicate keys, wrong types or sizes, and trailing bytes are
 //! errors. `dtype`, `limits` and `id` are absent only in documents of earlier builds. `id` names this
 //! enclave instance (random at boot): clients cache documents by it and send it in a `ROUTE` frame so
-//! that a relay with several enclaves takes the exchange to the one holding the keys.
+//! that a relay with several enclaves takes the exchange to the one holding the keys. `rk` is the
+//! key that signs answer receipts (`receipt`); a client refuses to ask an enclave that attests none.
 
 use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
 use sha2::{Digest, Sha256};
@@ -48,6 +49,8 @@ pub struct UserData {
     pub exp: UnixMillis,
     /// The enclave instance, random at boot.
     pub id: Option<[u8; 16]>,
+    /// The Ed25519 key that signs this enclave's answer receipts.
+    pub rk: Option<[u8; 32]>,
 }
 
 /// SHA-256 of `bytes`.
@@ -62,7 +65,8 @@ impl UserData {
             + usize::from(self.settings.is_some())
             + usize::from(self.dtype.is_some())
             + usize::from(self.limits.is_some())
-            + usize::from(self.id.is_some());
+            + usize::from(self.id.is_some())
+            + usize::from(self.rk.is_some());
         let mut out = Vec::with_capacity(192);
         write_head(&mut out, 5, entries as u64);
         write_text(&mut out, "v");
@@ -93,6 +97,10 @@ impl UserData {
             write_text(&mut out, "id");
             write_bytes(&mut out, id);
         }
+        if let Some(rk) = &self.rk {
+            write_text(&mut out, "rk");
+            write_bytes(&mut out, rk);
+        }
         out
     }
 
@@ -100,8 +108,8 @@ impl UserData {
     pub fn decode(bytes: &[u8]) -> Result<UserData, ProtocolError> {
         let mut r = Reader::new(bytes);
         let n = match r.read().map_err(bad)? {
-            Item::Map(Some(n)) if (4..=8).contains(&n) => n,
-            Item::Map(_) => return Err(bad("must be a definite map of 4 to 8 entries".into())),
+            Item::Map(Some(n)) if (4..=9).contains(&n) => n,
+            Item::Map(_) => return Err(bad("must be a definite map of 4 to 9 entries".into())),
             other => return Err(bad(format!("must be a map, found {}", other.kind()))),
         };
         let mut v = None;
@@ -121,6 +129,7 @@ impl UserData {
                 "limits" => set(&mut d.limits, key, limits(&mut r, value)?)?,
                 "exp" => set(&mut d.exp, key, number(key, value)?)?,
                 "id" => set(&mut d.id, key, instance(value)?)?,
+                "rk" => set(&mut d.rk, key, digest(key, value)?)?,
                 other => return Err(bad(format!("unknown key `{}`", other.escape_debug()))),
             }
         }
@@ -139,6 +148,7 @@ impl UserData {
             limits: d.limits,
             exp: UnixMillis::from_secs(d.exp.ok_or_else(|| bad("missing `exp`".into()))?),
             id: d.id,
+            rk: d.rk,
         })
     }
 }
@@ -152,6 +162,7 @@ struct Decoded {
     limits: Option<Limits>,
     exp: Option<u64>,
     id: Option<[u8; 16]>,
+    rk: Option<[u8; 32]>,
 }
 
 fn bad(detail: String) -> ProtocolError {
@@ -250,6 +261,7 @@ mod tests {
             limits: None,
             exp: UnixMillis::from_secs(1_800_000_000),
             id: None,
+            rk: None,
         }
     }
 
@@ -265,8 +277,9 @@ mod tests {
             max_new_tokens: 512,
         });
         u.id = Some([9; 16]);
+        u.rk = Some([8; 32]);
         let bytes = u.encode();
-        assert!(bytes.len() < 220, "{}", bytes.len());
+        assert!(bytes.len() < 260, "{}", bytes.len());
         assert_eq!(UserData::decode(&bytes).unwrap(), u);
     }
 

@@ -96,6 +96,7 @@ impl Fixture {
             settings,
             exp: UnixMillis::from_secs((self.now.unix_timestamp() + exp_offset) as u64),
             id: None,
+            rk: None,
         }
     }
 
@@ -229,6 +230,7 @@ fn only_unsupported_suites_are_refused() {
         settings: None,
         exp: UnixMillis::from_secs((f.now.unix_timestamp() + 60) as u64),
         id: None,
+        rk: None,
     };
     let v = f.verified(Some(ud.encode()));
     assert_eq!(

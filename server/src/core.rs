@@ -14,9 +14,13 @@ use confidant_nsm::Nsm;
 use confidant_protocol::chunks::ChunkSealer;
 use confidant_protocol::frame::{Frame, FrameDecoder};
 use confidant_protocol::message::{Ask, Trailer};
+use confidant_protocol::receipt::{self, Receipt, ReceiptSigner};
+use confidant_protocol::shape;
 use confidant_protocol::user_data::{sha256, Limits, UserData};
 use confidant_protocol::{Code, ProtocolError, UnixMillis};
 use rand_core::SeedableRng;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::config::{Identity, ServeConfig};
 use crate::inference::{
@@ -54,6 +58,40 @@ struct Answer {
     /// The session this turn belongs to; `None` for a one-shot question.
     session: Option<[u8; 16]>,
     started: UnixMillis,
+    /// What this answer's receipt will state, gathered as it streams.
+    receipt: Draft,
+    /// The model is still producing it (a shaped answer outlives its job until its last chunk).
+    computing: bool,
+    /// The traffic shape, unless the question opted out.
+    pacing: Option<Pacing>,
+}
+
+/// A shaped answer's schedule: one chunk of one size every cadence until done and a bucket full.
+#[derive(Debug)]
+struct Pacing {
+    next: UnixMillis,
+    /// Chunks sent so far.
+    sent: u64,
+    /// Text produced and not yet sent.
+    pending: Zeroizing<Vec<u8>>,
+    /// The final chunk's padded plaintext, once the model is done.
+    last: Option<Vec<u8>>,
+    tokens: u64,
+}
+
+/// A receipt in the making: what the question was, and the answer's text hashed as it is sealed.
+struct Draft {
+    document: [u8; 32],
+    request: [u8; 32],
+    question: [u8; 32],
+    answer: Sha256,
+    previous: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Draft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Draft")
+    }
 }
 
 #[derive(Debug)]
@@ -106,6 +144,8 @@ pub struct Core {
     rng: ChaCha20Rng,
     /// This enclave instance (random at boot): attested in `user_data`, named by `ROUTE` frames.
     instance: [u8; 16],
+    /// Signs every answer's receipt; made at boot, its public key attested as `rk`.
+    receipts: ReceiptSigner,
     out: VecDeque<Output>,
     stats: Stats,
     engine: EngineStatus,
@@ -135,12 +175,15 @@ impl Core {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keys = KeyRing::new(now, config.key_ttl, config.key_grace, &mut rng);
         let mut instance = [0u8; 16];
+        let mut seed = Zeroizing::new([0u8; 32]);
         {
             use rand_core::Rng;
             rng.fill_bytes(&mut instance);
+            rng.fill_bytes(&mut seed[..]);
         }
         Core {
             instance,
+            receipts: ReceiptSigner::from_seed(seed),
             sessions: SessionTable::new(config.max_sessions),
             config,
             identity,
@@ -255,14 +298,18 @@ impl Core {
         if let Some(s) = self.streams.remove(&stream) {
             if let StreamState::Answering(answer) = s.state {
                 self.jobs.remove(&answer.job);
-                self.out.push_back(Output::Cancel(answer.job));
+                if answer.computing {
+                    self.out.push_back(Output::Cancel(answer.job));
+                }
                 self.end_turn(&answer, false);
             }
         }
     }
 
-    /// Periodic upkeep: frame deadlines, expired sessions (with their model state), key rotation.
+    /// Periodic upkeep: shaped answers' chunks, frame deadlines, expired sessions (with their model
+    /// state), key rotation.
     pub fn handle_timeout(&mut self, now: UnixMillis) {
+        self.pace(now);
         let (first, frame) = (self.config.first_frame_timeout, self.config.frame_timeout);
         let late: Vec<StreamId> = self
             .streams
@@ -309,6 +356,12 @@ impl Core {
                 else {
                     return;
                 };
+                answer.receipt.answer.update(text.as_bytes());
+                if let Some(p) = &mut answer.pacing {
+                    // Shaped: the text waits for the next chunk on the cadence.
+                    p.pending.extend_from_slice(text.as_bytes());
+                    return;
+                }
                 let mut sealed = Vec::with_capacity(text.len() + 32);
                 if answer.sealer.seal(text.as_bytes(), &mut sealed).is_err() {
                     self.fail(
@@ -330,35 +383,53 @@ impl Core {
                 prompt_tokens,
                 generated_tokens,
             } => {
-                let Some(answer) = self.take_answer(stream, job) else {
+                let Some(StreamState::Answering(answer)) =
+                    self.streams.get_mut(&stream).map(|s| &mut s.state)
+                else {
                     return;
                 };
+                self.jobs.remove(&job);
+                answer.computing = false;
+                let draft = &answer.receipt;
+                let signed = self.receipts.sign(&Receipt {
+                    document: draft.document,
+                    request: draft.request,
+                    question: draft.question,
+                    answer: draft.answer.clone().finalize().into(),
+                    model: self.identity.model,
+                    settings: self.identity.settings,
+                    dtype: self.identity.dtype.clone(),
+                    prompt_tokens,
+                    generated_tokens,
+                    finish,
+                    time: now,
+                    previous: draft.previous,
+                });
+                if let Some(id) = &answer.session {
+                    self.sessions.chain(id, receipt::hash(&signed));
+                }
                 let trailer = Trailer {
                     finish,
                     prompt_tokens,
                     generated_tokens,
-                };
-                let mut sealed = Vec::with_capacity(96);
-                match answer.sealer.seal_last(&trailer.to_bytes(), &mut sealed) {
-                    Ok(()) => {
-                        self.transmit(stream, &Frame::Chunk { last: true, sealed });
-                        self.stats.answered += 1;
-                        self.end_session_turn(answer.session.as_ref(), true);
-                        tracing::info!(
-                            tokens = generated_tokens,
-                            ms = now.saturating_since(answer.started).as_millis() as u64,
-                            "answered"
-                        );
-                    }
-                    Err(_) => {
-                        self.end_session_turn(answer.session.as_ref(), false);
-                        self.refuse(
-                            stream,
-                            Refusal::new(Code::Internal, "the answer is too long"),
-                        );
-                    }
+                    receipt: Some(Trailer::encode_receipt(&signed)),
                 }
-                self.end_stream(stream);
+                .to_bytes();
+                let session = answer.session;
+                let shaped = match &mut answer.pacing {
+                    Some(p) => {
+                        // Sent when its chunk count comes round (`handle_timeout`).
+                        p.last = Some(shape::pad_final(trailer.clone()));
+                        p.tokens = generated_tokens;
+                        true
+                    }
+                    None => false,
+                };
+                // The model's part is done: a session may take its next turn once this one is out.
+                self.end_session_turn(session.as_ref(), true);
+                if !shaped {
+                    self.send_final(stream, trailer, generated_tokens, now);
+                }
             }
             InferenceEvent::Failed(failure) => {
                 // Nothing was computed for a busy engine or a context overflow: a session keeps its
@@ -540,6 +611,7 @@ impl Core {
                     limits: Some(limits),
                     exp: generation.expires(),
                     id: Some(self.instance),
+                    rk: Some(self.receipts.public_key()),
                 };
                 let doc = self
                     .nsm
@@ -626,6 +698,7 @@ impl Core {
             let mut forget = Vec::new();
             let opened = self.sessions.open(
                 request.session(now, self.config.session_limits),
+                *binding,
                 conversation,
                 job,
                 now,
@@ -642,6 +715,13 @@ impl Core {
         drop(request);
         self.stats.requests += 1;
         self.transmit(stream, &Frame::Response { nonce });
+        let draft = Draft {
+            document: *binding,
+            request: sha256(encapsulated),
+            question: sha256(ask.prompt.as_bytes()),
+            answer: Sha256::new(),
+            previous: None,
+        };
         self.start(
             stream,
             job,
@@ -651,6 +731,7 @@ impl Core {
             params,
             sealer,
             session,
+            draft,
             now,
         );
         Ok(())
@@ -685,6 +766,13 @@ impl Core {
         drop(turn.plaintext);
         self.stats.turns += 1;
         let (ask, params) = ask;
+        let draft = Draft {
+            document: turn.document,
+            request: receipt::turn_request(&id, seq, ciphertext),
+            question: sha256(ask.prompt.as_bytes()),
+            answer: Sha256::new(),
+            previous: turn.previous,
+        };
         self.start(
             stream,
             job,
@@ -694,6 +782,7 @@ impl Core {
             params,
             turn.sealer,
             Some(id),
+            draft,
             now,
         );
         Ok(())
@@ -726,14 +815,25 @@ impl Core {
         params: AnswerParams,
         sealer: ChunkSealer,
         session: Option<[u8; 16]>,
+        receipt: Draft,
         now: UnixMillis,
     ) {
+        let pacing = ask.shape.unwrap_or(true).then(|| Pacing {
+            next: now.saturating_add(self.config.shape_cadence),
+            sent: 0,
+            pending: Zeroizing::new(Vec::new()),
+            last: None,
+            tokens: 0,
+        });
         if let Some(s) = self.streams.get_mut(&stream) {
             s.state = StreamState::Answering(Box::new(Answer {
                 job,
                 sealer,
                 session,
                 started: now,
+                receipt,
+                computing: true,
+                pacing,
             }));
         }
         self.jobs.insert(job, stream);
@@ -757,6 +857,107 @@ impl Core {
     fn next_conversation(&mut self) -> ConversationId {
         self.next_conversation += 1;
         ConversationId(self.next_conversation)
+    }
+
+    /// Sends an answer's final chunk (its trailer, padded if shaped) and ends the stream.
+    fn send_final(&mut self, stream: StreamId, trailer: Vec<u8>, tokens: u64, now: UnixMillis) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let StreamState::Answering(answer) = std::mem::replace(&mut s.state, StreamState::Done)
+        else {
+            return;
+        };
+        let mut sealed = Vec::with_capacity(trailer.len() + 32);
+        match answer.sealer.seal_last(&trailer, &mut sealed) {
+            Ok(()) => {
+                self.transmit(stream, &Frame::Chunk { last: true, sealed });
+                self.stats.answered += 1;
+                tracing::info!(
+                    tokens,
+                    ms = now.saturating_since(answer.started).as_millis() as u64,
+                    "answered"
+                );
+            }
+            Err(_) => {
+                self.end_session_turn(answer.session.as_ref(), false);
+                self.refuse(
+                    stream,
+                    Refusal::new(Code::Internal, "the answer is too long"),
+                );
+            }
+        }
+        self.end_stream(stream);
+    }
+
+    /// Sends each shaped answer's chunk that is due: text if any is ready, else an empty one; the
+    /// final chunk once the model is done, the text is out, and the count reaches its bucket.
+    fn pace(&mut self, now: UnixMillis) {
+        let cadence = self.config.shape_cadence;
+        let due: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter_map(|(id, s)| match &s.state {
+                StreamState::Answering(a) => {
+                    a.pacing.as_ref().filter(|p| p.next <= now).map(|_| *id)
+                }
+                _ => None,
+            })
+            .collect();
+        for stream in due {
+            let Some(StreamState::Answering(answer)) =
+                self.streams.get_mut(&stream).map(|s| &mut s.state)
+            else {
+                continue;
+            };
+            let Some(p) = answer.pacing.as_mut() else {
+                continue;
+            };
+            let count = p.sent + 1;
+            if p.last.is_some() && p.pending.is_empty() && shape::chunk_bucket(count) == count {
+                let (last, tokens) = (p.last.take().unwrap_or_default(), p.tokens);
+                self.send_final(stream, last, tokens, now);
+                continue;
+            }
+            let text = shape::take_text(&mut p.pending, shape::DATA_CHUNK - 2);
+            p.sent = count;
+            // A fixed schedule; after a stall of the whole enclave, from now.
+            p.next = p.next.saturating_add(cadence);
+            if p.next <= now {
+                p.next = now.saturating_add(cadence);
+            }
+            let mut sealed = Vec::with_capacity(shape::DATA_CHUNK + 16);
+            if answer
+                .sealer
+                .seal(&shape::encode_data(&text), &mut sealed)
+                .is_err()
+            {
+                self.fail(
+                    stream,
+                    Refusal::new(Code::Internal, "the answer is too long"),
+                );
+                continue;
+            }
+            self.transmit(
+                stream,
+                &Frame::Chunk {
+                    last: false,
+                    sealed,
+                },
+            );
+        }
+    }
+
+    /// When the core next needs [`Core::handle_timeout`] for a shaped answer's chunk (the shell
+    /// also calls it on its own tick for deadlines and upkeep).
+    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+        self.streams
+            .values()
+            .filter_map(|s| match &s.state {
+                StreamState::Answering(a) => a.pacing.as_ref().map(|p| p.next),
+                _ => None,
+            })
+            .min()
     }
 
     /// Ends `job`'s answer on `stream`, returning it.
@@ -798,7 +999,9 @@ impl Core {
                 std::mem::replace(&mut s.state, StreamState::Done)
             {
                 self.jobs.remove(&answer.job);
-                self.out.push_back(Output::Cancel(answer.job));
+                if answer.computing {
+                    self.out.push_back(Output::Cancel(answer.job));
+                }
                 self.end_turn(&answer, false);
             }
         }

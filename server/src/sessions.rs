@@ -24,6 +24,10 @@ pub enum SessionState {
 #[derive(Debug)]
 struct Entry {
     keys: EnclaveSession,
+    /// SHA-256 of the document the session's first request was bound to (every turn's receipt names it).
+    document: [u8; 32],
+    /// The hash of the last receipt sent, which the next turn's receipt chains to.
+    last_receipt: Option<[u8; 32]>,
     conversation: ConversationId,
     state: SessionState,
 }
@@ -46,6 +50,9 @@ pub struct Turn {
     pub plaintext: Zeroizing<Vec<u8>>,
     pub sealer: ChunkSealer,
     pub conversation: ConversationId,
+    /// SHA-256 of the session's document, and the previous turn's receipt hash.
+    pub document: [u8; 32],
+    pub previous: Option<[u8; 32]>,
 }
 
 /// The table is full of sessions that have not expired.
@@ -94,6 +101,7 @@ impl SessionTable {
     pub fn open(
         &mut self,
         keys: EnclaveSession,
+        document: [u8; 32],
         conversation: ConversationId,
         job: JobId,
         now: UnixMillis,
@@ -114,6 +122,8 @@ impl SessionTable {
             id,
             Entry {
                 keys,
+                document,
+                last_receipt: None,
                 conversation,
                 state: SessionState::Busy(job),
             },
@@ -151,7 +161,16 @@ impl SessionTable {
             plaintext,
             sealer: entry.keys.reply_sealer(seq),
             conversation: entry.conversation,
+            document: entry.document,
+            previous: entry.last_receipt,
         })
+    }
+
+    /// Records the receipt just sent for `id`'s running turn: the next turn's receipt chains to it.
+    pub fn chain(&mut self, id: &[u8; 16], receipt: [u8; 32]) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.last_receipt = Some(receipt);
+        }
     }
 
     /// Ends the running turn of `id`. A kept session goes back to idle; otherwise it is removed and its

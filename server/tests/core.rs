@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use confidant_nsm::emulated::{write_dev_ca, EmulatedNsm};
 use confidant_nsm::measure::emulated_pcrs;
-use confidant_protocol::frame::{Frame, FrameDecoder};
+use confidant_protocol::frame::{Frame, FrameDecoder, MAX_BODY};
 use confidant_protocol::message::{Ask, Finish, Trailer};
 use confidant_protocol::request::{encapsulate, ClientRequest, CONFIDANT_LABELS};
 use confidant_protocol::session::{ClientSession, SessionLimits};
+use confidant_protocol::shape;
 use confidant_protocol::{Code, Expectations, Recipient, UnixMillis};
 use confidant_server::inference::{InferenceEvent, InferenceFailure, InferenceRequest};
 use confidant_server::{Core, Identity, Output, ServeConfig, StreamId};
@@ -127,11 +128,17 @@ impl Harness {
     fn request_frame(&mut self, r: &Recipient, ask: &Ask) -> (Frame, ClientRequest) {
         self.rng_seed += 1;
         let mut rng = confidant_protocol::ReplayRng::new(&[self.rng_seed; 64]);
+        let mut plaintext = ask.to_bytes();
+        if ask.shape != Some(false) {
+            // As the client pads a shaped question (binding, header, enc and tag around it).
+            let overhead = 32 + 7 + r.suite.kem.enc_len() + 16;
+            shape::pad_request(&mut plaintext, overhead, MAX_BODY as usize);
+        }
         let (encapsulated, client) = encapsulate(
             &r.config,
             r.suite,
             &r.attestation_sha256,
-            &ask.to_bytes(),
+            &plaintext,
             &CONFIDANT_LABELS,
             &mut rng,
         )
@@ -182,6 +189,15 @@ fn error_code(outputs: &[Output]) -> Option<Code> {
 fn session_ask(prompt: &str) -> Ask {
     Ask {
         session: true,
+        ..plain(prompt)
+    }
+}
+
+/// A question that opts out of the traffic shape: each piece of text is sent as it comes, so these
+/// tests see the answer at once (the shape has its own tests below).
+fn plain(prompt: &str) -> Ask {
+    Ask {
+        shape: Some(false),
         ..Ask::new(prompt)
     }
 }
@@ -232,7 +248,7 @@ fn open_chunks(
 fn attest_request_streamed_chunks_and_final_chunk() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
-    let (frame, client) = h.request_frame(&recipient, &Ask::new("What is a copay?"));
+    let (frame, client) = h.request_frame(&recipient, &plain("What is a copay?"));
     let (_, mut out) = h.send(&frame);
     let job = submitted(&mut out).expect("a job");
     assert_eq!(job.text.as_str(), "What is a copay?");
@@ -278,7 +294,7 @@ fn session_turns_continue_the_conversation_and_replays_are_refused() {
     h.events(&job1, vec![text("one"), done(1)]);
     let mut session: ClientSession = client.into_session();
 
-    let (seq, turn) = session.seal_turn(&Ask::new("second").to_bytes());
+    let (seq, turn) = session.seal_turn(&plain("second").to_bytes());
     let (_, mut out) = h.send(&turn);
     let job2 = submitted(&mut out).expect("the turn runs");
     assert!(!job2.first_turn);
@@ -296,13 +312,13 @@ fn session_turns_continue_the_conversation_and_replays_are_refused() {
     let (_, out) = h.send(&frame);
     assert_eq!(error_code(&out), Some(Code::Replayed));
     // A forged turn: the session stays usable.
-    let (_, mut forged) = session.seal_turn(&Ask::new("x").to_bytes());
+    let (_, mut forged) = session.seal_turn(&plain("x").to_bytes());
     if let Frame::Session { ciphertext, .. } = &mut forged {
         ciphertext[0] ^= 1;
     }
     let (_, out) = h.send(&forged);
     assert_eq!(error_code(&out), Some(Code::SessionAuth));
-    let (_, turn) = session.seal_turn(&Ask::new("third").to_bytes());
+    let (_, turn) = session.seal_turn(&plain("third").to_bytes());
     let (_, mut out) = h.send(&turn);
     assert!(submitted(&mut out).is_some());
 }
@@ -316,10 +332,10 @@ fn a_second_turn_while_one_runs_is_refused_as_session_busy() {
     let job1 = submitted(&mut out).unwrap();
     h.events(&job1, vec![done(0)]);
     let mut session = client.into_session();
-    let (_, t2) = session.seal_turn(&Ask::new("a").to_bytes());
+    let (_, t2) = session.seal_turn(&plain("a").to_bytes());
     let (_, mut out) = h.send(&t2);
     assert!(submitted(&mut out).is_some());
-    let (_, t3) = session.seal_turn(&Ask::new("b").to_bytes());
+    let (_, t3) = session.seal_turn(&plain("b").to_bytes());
     let (_, out) = h.send(&t3);
     assert_eq!(error_code(&out), Some(Code::SessionBusy));
 }
@@ -347,7 +363,7 @@ fn sessions_expire_when_idle_and_their_conversation_is_forgotten() {
         "{out:?}"
     );
     let mut session = client.into_session();
-    let (_, turn) = session.seal_turn(&Ask::new("late").to_bytes());
+    let (_, turn) = session.seal_turn(&plain("late").to_bytes());
     let (_, out) = h.send(&turn);
     assert_eq!(error_code(&out), Some(Code::UnknownSession));
 }
@@ -356,7 +372,7 @@ fn sessions_expire_when_idle_and_their_conversation_is_forgotten() {
 fn a_one_shot_question_leaves_no_session_and_its_state_is_not_kept() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
-    let (frame, client) = h.request_frame(&recipient, &Ask::new("once"));
+    let (frame, client) = h.request_frame(&recipient, &plain("once"));
     let (_, mut out) = h.send(&frame);
     let job = submitted(&mut out).unwrap();
     assert!(!job.keep, "the engine drops a one-shot conversation itself");
@@ -365,7 +381,7 @@ fn a_one_shot_question_leaves_no_session_and_its_state_is_not_kept() {
     assert_eq!(health["sessions"], 0);
     // Its session keys lead nowhere.
     let mut session = client.into_session();
-    let (_, turn) = session.seal_turn(&Ask::new("again").to_bytes());
+    let (_, turn) = session.seal_turn(&plain("again").to_bytes());
     let (_, out) = h.send(&turn);
     assert_eq!(error_code(&out), Some(Code::UnknownSession));
 }
@@ -445,7 +461,7 @@ fn context_limits_are_refused_with_the_limit_and_keep_the_session() {
     let (_, recipient) = h.attest();
     let ask = Ask {
         max_tokens: Some(100),
-        ..Ask::new("q")
+        ..plain("q")
     };
     let (frame, _) = h.request_frame(&recipient, &ask);
     let (_, out) = h.send(&frame);
@@ -456,7 +472,7 @@ fn context_limits_are_refused_with_the_limit_and_keep_the_session() {
     let job = submitted(&mut out).unwrap();
     h.events(&job, vec![done(0)]);
     let mut session = client.into_session();
-    let (_, turn) = session.seal_turn(&Ask::new("a very long turn").to_bytes());
+    let (_, turn) = session.seal_turn(&plain("a very long turn").to_bytes());
     let (_, mut out) = h.send(&turn);
     let job = submitted(&mut out).unwrap();
     let out = h.events(
@@ -473,7 +489,7 @@ fn context_limits_are_refused_with_the_limit_and_keep_the_session() {
         other => panic!("{other:?}"),
     }
     // Nothing was computed: the session goes on.
-    let (_, turn) = session.seal_turn(&Ask::new("short").to_bytes());
+    let (_, turn) = session.seal_turn(&plain("short").to_bytes());
     let (_, mut out) = h.send(&turn);
     assert!(submitted(&mut out).is_some());
 }
@@ -488,7 +504,7 @@ fn an_evicted_conversation_ends_its_session() {
     h.events(&job, vec![done(0)]);
     h.core.conversation_evicted(job.conversation);
     let mut session = client.into_session();
-    let (_, turn) = session.seal_turn(&Ask::new("again").to_bytes());
+    let (_, turn) = session.seal_turn(&plain("again").to_bytes());
     let (_, out) = h.send(&turn);
     assert_eq!(error_code(&out), Some(Code::UnknownSession));
     let health: serde_json::Value = serde_json::from_str(&h.core.health(h.now)).unwrap();
@@ -499,7 +515,7 @@ fn an_evicted_conversation_ends_its_session() {
 fn busy_and_failed_jobs_are_refused_with_their_codes() {
     let mut h = harness(ServeConfig::default());
     let (_, recipient) = h.attest();
-    let (frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    let (frame, _) = h.request_frame(&recipient, &plain("q"));
     let (_, mut out) = h.send(&frame);
     let job = submitted(&mut out).unwrap();
     let out = h.events(&job, vec![InferenceEvent::Failed(InferenceFailure::Busy)]);
@@ -530,7 +546,7 @@ fn bad_questions_are_refused_naming_the_field_never_the_value() {
     let (_, recipient) = h.attest();
     let ask = Ask {
         max_tokens: Some(100_000),
-        ..Ask::new("SECRET question")
+        ..plain("SECRET question")
     };
     let (frame, _) = h.request_frame(&recipient, &ask);
     let (_, out) = h.send(&frame);
@@ -578,14 +594,14 @@ fn framing_errors_unexpected_frames_and_unknown_keys_have_their_codes() {
     assert_eq!(error_code(&out), Some(Code::UnexpectedFrame));
 
     let (_, recipient) = h.attest();
-    let (mut frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    let (mut frame, _) = h.request_frame(&recipient, &plain("q"));
     if let Frame::Request { encapsulated, .. } = &mut frame {
         encapsulated[0] = encapsulated[0].wrapping_add(100);
     }
     let (_, out) = h.send(&frame);
     assert_eq!(error_code(&out), Some(Code::UnknownKeyId));
 
-    let (mut frame, _) = h.request_frame(&recipient, &Ask::new("q"));
+    let (mut frame, _) = h.request_frame(&recipient, &plain("q"));
     if let Frame::Request {
         attestation_sha256, ..
     } = &mut frame
@@ -606,12 +622,12 @@ fn keys_rotate_and_the_previous_generation_is_honoured_for_its_grace() {
     let (_, old) = h.attest();
     h.advance(Duration::from_secs(101));
     h.core.handle_timeout(h.now);
-    let (frame, _) = h.request_frame(&old, &Ask::new("q"));
+    let (frame, _) = h.request_frame(&old, &plain("q"));
     let (_, mut out) = h.send(&frame);
     assert!(submitted(&mut out).is_some(), "within the grace period");
     h.advance(Duration::from_secs(31));
     h.core.handle_timeout(h.now);
-    let (frame, _) = h.request_frame(&old, &Ask::new("q"));
+    let (frame, _) = h.request_frame(&old, &plain("q"));
     let (_, out) = h.send(&frame);
     assert_eq!(error_code(&out), Some(Code::UnknownKeyId));
 }
@@ -658,20 +674,175 @@ fn a_route_to_this_enclave_goes_on_and_a_route_elsewhere_is_refused() {
         serde_json::from_str(&h.core.health(h.now)).expect("health is JSON");
     assert_eq!(health["instance"], hex::encode(me));
 
-    let (frame, _) = h.request_frame(&recipient, &Ask::new("routed"));
+    let (frame, _) = h.request_frame(&recipient, &plain("routed"));
     let mut out = send_all(&mut h, &[Frame::Route { enclave: me }, frame]);
     assert!(submitted(&mut out).is_some(), "routed here: answered");
 
-    let (frame, _) = h.request_frame(&recipient, &Ask::new("misrouted"));
+    let (frame, _) = h.request_frame(&recipient, &plain("misrouted"));
     let mut other = me;
     other[0] ^= 1;
     let mut out = send_all(&mut h, &[Frame::Route { enclave: other }, frame]);
     assert!(submitted(&mut out).is_none());
     assert_eq!(error_code(&out), Some(Code::EnclaveUnknown));
 
-    let (frame, _) = h.request_frame(&recipient, &Ask::new("twice"));
+    let (frame, _) = h.request_frame(&recipient, &plain("twice"));
     let route = Frame::Route { enclave: me };
     let mut out = send_all(&mut h, &[route.clone(), route, frame]);
     assert!(submitted(&mut out).is_none());
     assert_eq!(error_code(&out), Some(Code::UnexpectedFrame));
+}
+
+/// What the relay sees of one shaped exchange: every frame the core transmits, as (size, gap since
+/// the previous frame in cadences), and the answer the client reads from them. `script` gives each
+/// piece of text with the millisecond it is generated at; the model is done at `done_ms`.
+fn capture(
+    h: &mut Harness,
+    r: &Recipient,
+    prompt: &str,
+    script: &[(u64, &str)],
+    done_ms: u64,
+) -> (Vec<(usize, u64)>, String, Trailer) {
+    let cadence = ServeConfig::default().shape_cadence.as_millis() as u64;
+    let (frame, client) = h.request_frame(r, &Ask::new(prompt));
+    let request_size = frame.encode().len();
+    let start = h.now;
+    let s = h.core.accept(h.now);
+    h.core.receive(s, &frame.encode(), h.now);
+    h.core.finish(s);
+    let mut seen = vec![(request_size, 0)];
+    let mut bytes = Vec::new();
+    let mut last = start;
+    let mut job = None;
+    let mut closed = false;
+    let mut ms = 0;
+    while !closed {
+        assert!(ms < 60_000, "the answer never ended");
+        for (at, piece) in script {
+            if *at == ms {
+                h.core.inference_event(job.unwrap(), text(piece), h.now);
+            }
+        }
+        if ms == done_ms {
+            h.core
+                .inference_event(job.unwrap(), done(script.len() as u64), h.now);
+        }
+        h.core.handle_timeout(h.now);
+        while let Some(o) = h.core.poll_output() {
+            match o {
+                Output::Submit(req) => job = Some(req.job),
+                Output::Transmit { bytes: b, .. } => {
+                    let gap = h.now.saturating_since(last).as_millis() as u64;
+                    // Rounded to the cadence, as a network observer's clock would see it.
+                    seen.push((b.len(), (gap + cadence / 2) / cadence));
+                    last = h.now;
+                    bytes.extend(b);
+                }
+                Output::Close { .. } => closed = true,
+                _ => {}
+            }
+        }
+        h.advance(Duration::from_millis(1));
+        ms += 1;
+    }
+    let mut dec = FrameDecoder::default();
+    dec.push(&bytes);
+    let mut frames = Vec::new();
+    while let Some(f) = dec.next_frame().unwrap() {
+        frames.push(f);
+    }
+    let Some(Frame::Response { nonce }) = frames.first() else {
+        panic!("{frames:?}")
+    };
+    let mut opener = client.response_opener(nonce).unwrap();
+    let mut answer = String::new();
+    for f in &frames[1..] {
+        match f {
+            Frame::Chunk {
+                last: false,
+                sealed,
+            } => {
+                let plain = opener.open(sealed, false).unwrap();
+                answer.push_str(std::str::from_utf8(shape::decode_data(&plain).unwrap()).unwrap());
+            }
+            Frame::Chunk { last: true, sealed } => {
+                let trailer = Trailer::from_bytes(&opener.open(sealed, true).unwrap()).unwrap();
+                return (seen, answer, trailer);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("no final chunk")
+}
+
+#[test]
+fn shaped_answers_in_one_bucket_look_the_same_to_the_relay() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    // Different questions, answers of different words and lengths, tokens at different times.
+    let short: Vec<(u64, &str)> = vec![(40, "A copay "), (95, "is a "), (230, "fixed fee.")];
+    let words = [
+        "Your ",
+        "deductible ",
+        "is what ",
+        "you pay ",
+        "before ",
+        "insurance ",
+        "pays; ",
+    ];
+    let long: Vec<(u64, &str)> = (0..70)
+        .map(|i| (5 + i * 9, words[i as usize % 7]))
+        .collect();
+    let (a, text_a, trailer_a) = capture(&mut h, &recipient, "What is a copay?", &short, 260);
+    let (b, text_b, trailer_b) = capture(
+        &mut h,
+        &recipient,
+        "Please explain, in as much detail as you can, what a deductible is and how it works.",
+        &long,
+        640,
+    );
+    assert_eq!(text_a, "A copay is a fixed fee.");
+    assert_eq!(
+        text_b.len(),
+        long.iter().map(|(_, w)| w.len()).sum::<usize>()
+    );
+    assert!(text_b.len() > 500, "{}", text_b.len());
+    assert!(trailer_a.receipt.is_some() && trailer_b.receipt.is_some());
+    // The request, the RESPONSE, 7 chunks of one size a cadence apart, and the final chunk.
+    assert_eq!(a, b, "the relay could tell these answers apart");
+    assert_eq!(a.len(), 2 + shape::MIN_CHUNKS as usize, "{a:?}");
+    assert!(a[2..].iter().all(|&(_, gap)| gap == 1), "{a:?}");
+    assert!(
+        (a[0].0 - 5).is_power_of_two(),
+        "the request fills its bucket: {}",
+        a[0].0
+    );
+
+    // An answer past the bucket takes the next one (12 chunks), so lengths show only by bucket.
+    let (c, _, _) = capture(&mut h, &recipient, "What is a copay?", &short, 850);
+    assert_eq!(c.len(), 2 + 12, "{c:?}");
+    assert_eq!(c[..8], a[..8]);
+}
+
+#[test]
+fn unshaped_answers_show_their_length_and_timing_which_is_why_shape_is_the_default() {
+    let mut h = harness(ServeConfig::default());
+    let (_, recipient) = h.attest();
+    let sizes = |h: &mut Harness, pieces: &[&str]| -> Vec<usize> {
+        let (frame, _) = h.request_frame(&recipient, &plain("q"));
+        let (_, mut out) = h.send(&frame);
+        let job = submitted(&mut out).unwrap();
+        let mut events: Vec<_> = pieces.iter().map(|p| text(p)).collect();
+        events.push(done(pieces.len() as u64));
+        out.extend(h.events(&job, events));
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Transmit { bytes, .. } => Some(bytes.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    let a = sizes(&mut h, &["A copay ", "is a ", "fixed fee."]);
+    let b = sizes(&mut h, &["Yes."]);
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 1 + 3 + 1, "one frame per piece: {a:?}");
 }

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (document valid, every conformance case passed), 1 rejection or failed case,
 //! 2 usage or I/O error, 3 the relay or the enclave could not be reached in time.
 
+mod receipt;
 mod remote;
 mod time_arg;
 mod verify;
@@ -61,6 +62,9 @@ enum Command {
     Ask(remote::AskArgs),
     /// Chat over one encrypted session (/reset starts over, /quit or Ctrl-D ends).
     Chat(remote::ChatArgs),
+    /// Check a receipt file offline: each answer signed by its attested enclave, as of the document's
+    /// own time, optionally covering a given question and answer.
+    VerifyReceipt(receipt::VerifyReceiptArgs),
     /// Show or clear the attestation cache.
     Cache {
         #[command(subcommand)]
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
         Command::Attest(args) => remote::attest(args),
         Command::Ask(args) => remote::ask(args),
         Command::Chat(args) => remote::chat(args),
+        Command::VerifyReceipt(args) => receipt::run(args),
         Command::Cache { action } => cache(action),
         Command::ConfigPath => config_path(),
         Command::Completions { shell } => {

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use confidant_client::config::ConfigFile;
+use confidant_client::receipts::ReceiptFile;
 use confidant_client::remote::{self, Attested};
 use confidant_client::{input, Client, RemoteError, ReportedCode, Timeouts, Trust, TrustConfig};
 use confidant_protocol::keyconfig::decode_list;
 use confidant_protocol::message::{Ask, Finish};
+use confidant_protocol::receipt;
 use confidant_protocol::session::ClientSession;
 use confidant_protocol::Code;
 use confidant_verifier::PcrPin;
@@ -202,6 +204,12 @@ pub struct GenerationArgs {
     /// Sampling seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Ask for each piece of the answer as it is generated, unpadded: a first token up to one
+    /// cadence (100 ms) sooner and fewer bytes, but whoever carries the traffic sees the question's
+    /// size and the answer's length and token timing. By default requests are padded to size
+    /// buckets and answers arrive as fixed-size chunks on a fixed cadence.
+    #[arg(long)]
+    unshaped: bool,
 }
 
 impl GenerationArgs {
@@ -214,6 +222,7 @@ impl GenerationArgs {
             top_p: self.top_p,
             top_k: None,
             seed: self.seed,
+            shape: self.unshaped.then_some(false),
             ..Ask::new(prompt)
         }
     }
@@ -228,6 +237,10 @@ pub struct AskArgs {
     /// Print one JSON object at the end instead of streaming.
     #[arg(long)]
     json: bool,
+    /// Save the answer's signed receipt, with the attestation document it was bound to, for
+    /// `confidant verify-receipt`.
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
     /// The question, or `-` to read it from stdin.
     #[arg(value_name = "QUESTION")]
     question: String,
@@ -239,6 +252,16 @@ pub struct ChatArgs {
     trust: TrustArgs,
     #[command(flatten)]
     generation: GenerationArgs,
+    /// Save every answer's signed receipt (a session's turns chained), with the attestation
+    /// document, for `confidant verify-receipt`; rewritten after each answer.
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
+}
+
+/// Saves `file` to `path` (after an answer was shown: a failure is reported, the answer stands).
+fn save_receipts(file: &ReceiptFile, path: &std::path::Path) -> Result<(), CliError> {
+    file.save(path)
+        .map_err(|e| CliError::Io(format!("--receipt {}: {e}", path.display())))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -473,6 +496,11 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
         client.close();
         match result {
             Ok((answer, _)) => {
+                if let Some(path) = &args.receipt {
+                    let mut file = ReceiptFile::default();
+                    file.push(&attested.document, answer.receipt.clone(), false);
+                    save_receipts(&file, path)?;
+                }
                 let t = &answer.trailer;
                 if args.json {
                     println!(
@@ -490,6 +518,7 @@ pub fn ask(args: &AskArgs) -> Result<i32, CliError> {
                             "enclave": attested.enclave().map(hex::encode),
                             "first_chunk_ms": answer.first_chunk.map(|d| d.as_secs_f64() * 1e3),
                             "total_ms": answer.total.as_secs_f64() * 1e3,
+                            "receipt_sha256": hex::encode(receipt::hash(&answer.receipt)),
                         })
                     );
                 } else {
@@ -547,6 +576,7 @@ pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
             );
         }
         let mut session: Option<ClientSession> = None;
+        let mut receipts = ReceiptFile::default();
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
         loop {
@@ -572,16 +602,25 @@ pub fn chat(args: &ChatArgs) -> Result<i32, CliError> {
             let mut sink = remote::stdout_sink();
             let result = match session.as_mut() {
                 Some(s) => client.turn(s, &request, &mut sink).await.map(|a| (a, None)),
-                None => client
-                    .ask(&request, &mut sink)
-                    .await
-                    .map(|(a, c)| (a, Some(c.into_session()))),
+                None => client.ask(&request, &mut sink).await.map(|(a, c)| {
+                    let mut s = c.into_session();
+                    s.chain_receipt(receipt::hash(&a.receipt));
+                    (a, Some(s))
+                }),
             };
             println!();
             match result {
                 Ok((answer, new_session)) => {
                     if answer.trailer.finish == Finish::Length {
                         finish_note(&answer, true);
+                    }
+                    if let Some(path) = &args.receipt {
+                        let document = match client.attested().await {
+                            Ok(a) => a.document.clone(),
+                            Err(e) => return fail(e, false),
+                        };
+                        receipts.push(&document, answer.receipt.clone(), new_session.is_none());
+                        save_receipts(&receipts, path)?;
                     }
                     if let Some(s) = new_session {
                         session = Some(s);

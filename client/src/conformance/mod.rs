@@ -10,6 +10,7 @@ mod hpke;
 mod kms;
 mod ohttp;
 mod protocol;
+mod receipts;
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,7 @@ const SUITES: &[(&str, SuiteFn)] = &[
     ("hpke", |d| hpke::run(d).map_err(SuiteError::Failed)),
     ("ohttp", |d| ohttp::run(d).map_err(SuiteError::Failed)),
     ("protocol", |d| protocol::run(d).map_err(SuiteError::Failed)),
+    ("receipts", |d| receipts::run(d).map_err(SuiteError::Failed)),
     ("bloom", bloom::run),
     ("kms", kms::run),
 ];

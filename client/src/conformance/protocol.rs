@@ -153,6 +153,7 @@ fn user_data(v: &Value, cases: &mut Vec<CaseResult>) -> R<()> {
             settings,
             exp: UnixMillis::from_secs(u["exp"].as_u64().ok_or("no exp")?),
             id: None,
+            rk: None,
         };
         let cbor = hex_field(u, "cbor")?;
         cases.push(CaseResult::check(

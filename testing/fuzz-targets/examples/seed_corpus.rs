@@ -149,6 +149,7 @@ fn main() {
         }),
         exp: UnixMillis::from_secs(1_800_000_000),
         id: None,
+        rk: None,
     };
     write(&root, "user_data", "full", &ud.encode());
     write(
