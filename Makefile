@@ -17,7 +17,7 @@ export LIBTORCH_CXX11_ABI := 1
 unexport LIBTORCH_USE_PYTORCH
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
-.PHONY: all demo demo-up demo-down test deps fmt lint unit conformance no-openssl layout deploy-check reproducible image package-parent fuzz load bench bench-verifier bench-protocol bench-model bench-boot vectors clean
+.PHONY: all demo demo-up demo-down test deps fmt lint unit conformance no-openssl layout deploy-check reproducible image package-parent fuzz load bench bench-verifier bench-protocol bench-model bench-shape bench-boot vectors clean
 
 # Every binary: the client, the relay, the enclave image's binary, the operator's and the model's tools,
 # and the test-only KMS gate and load generator.
@@ -135,7 +135,7 @@ image:
 package-parent:
 	scripts/package_parent.sh
 
-bench: bench-verifier bench-protocol bench-model
+bench: bench-verifier bench-protocol bench-model bench-shape
 
 bench-verifier:
 	$(CARGO) bench -p confidant-verifier --bench verify
@@ -150,6 +150,11 @@ bench-model: deps
 	$(VENV)/bin/pip install --quiet torch==$(TORCH_VERSION) transformers
 	$(CARGO) build --release $(BINS)
 	PYTHON=$(VENV)/bin/python scripts/bench_model.sh
+
+# The traffic shape's cost: bytes on the wire and time to first text, shaped against --unshaped.
+bench-shape: deps
+	$(CARGO) build --release $(BINS)
+	scripts/bench_shape.sh
 
 # Boot with sealed settings and encrypted weights against a plain boot (the bench-model weights).
 bench-boot: deps

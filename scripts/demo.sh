@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the local default: settings sealed with KMS (moto behind the attestation
 # gate), the enclave (emulated NSM) on a Unix socket unsealing them, the relay on UDP loopback, and the
-# client pinned to the emulated PCRs, the development root and the settings digest.
+# client pinned to the operator's release key (a signed manifest lists the emulated PCRs), the
+# development root and the settings digest.
 #
 #   scripts/demo.sh        the whole story, then everything stops   (make demo)
 #   scripts/demo.sh up     start the stack and leave it running       (make demo-up)
@@ -53,9 +54,12 @@ fi
 # Started in their own sessions so that `up` can leave them running after this script exits.
 start() { setsid "$@" & pids+=($!); echo $! >> "$PIDS"; }
 
-# The PCRs the emulated NSM will report: the key policy requires them, the client pins them.
+# The PCRs the emulated NSM will report: the key policy requires them, the release manifest lists them.
 PINS=()
 while read -r pcr; do PINS+=(--pcr "$pcr"); done < <("$BIN/confidant-enclave" measure --model "$MODEL")
+MEASURED=$("$BIN/confidant-enclave" measure --model "$MODEL" --json)
+MODEL_DIGEST=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["model_digest"])' <<< "$MEASURED")
+TUPLE=$(python3 -c 'import json, sys; p = json.load(sys.stdin)["pcrs"]; print(",".join(p[k] for k in "012"))' <<< "$MEASURED")
 
 echo "== sealing the settings under a KMS key (moto behind confidant-kms-gate, as AWS KMS would gate them)"
 MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -78,6 +82,13 @@ KEY=$(.venv/bin/python -c "import boto3; print(boto3.client('kms', region_name='
 SETTINGS_DIGEST=$(sed -n 's/^settings digest //p' "$DEMO/seal.out")
 echo "   key $KEY"
 
+echo "== signing release 1 with the operator's release key (confidant-ops release-sign): this image's PCR0/1/2"
+[ -f "$DEMO/release/release-key.pk8" ] || "$BIN/confidant-ops" release-key --out "$DEMO/release" > /dev/null 2>&1
+RELEASE_KEY=$(cat "$DEMO/release/release-key.pub")
+"$BIN/confidant-ops" release-sign --version 1 --pcrs "$TUPLE" --model-digest "$MODEL_DIGEST" \
+  --settings-digest "$SETTINGS_DIGEST" --key "$DEMO/release/release-key.pk8" --out "$DEMO/release/release-1.cose" 2>&1 \
+  | sed 's/^/   /'
+
 echo "== starting the enclave (emulated NSM) with $MODEL; it unseals its settings through KMS"
 rm -f "$DEMO/enclave.sock"
 start "$BIN/confidant-enclave" serve --listen "unix:$DEMO/enclave.sock" --model "$MODEL" \
@@ -85,7 +96,7 @@ start "$BIN/confidant-enclave" serve --listen "unix:$DEMO/enclave.sock" --model 
   --kms-endpoint "http://$GATE" > "$DEMO/enclave.out" 2> "$DEMO/enclave.log"
 echo "== starting the relay on 127.0.0.1:7443"
 start "$BIN/confidant-relay" --listen 127.0.0.1:7443 --upstream "unix:$DEMO/enclave.sock" \
-  --self-signed "$DEMO/relay" > "$DEMO/relay.out" 2> "$DEMO/relay.log"
+  --self-signed "$DEMO/relay" --release-manifest "$DEMO/release/release-1.cose" > "$DEMO/relay.out" 2> "$DEMO/relay.log"
 for _ in $(seq 600); do
   grep -q listening "$DEMO/enclave.out" 2>/dev/null && grep -q listening "$DEMO/relay.out" 2>/dev/null && break
   sleep 0.1
@@ -100,9 +111,14 @@ grep -q listening "$DEMO/relay.out" || { echo "the relay did not start (is 127.0
   echo "relay_ca = \"relay/cert.pem\""
   echo "roots = [\"ca/root.pem\"]"
   echo "settings_digest = \"$SETTINGS_DIGEST\""
+  echo "# The operator's release key: an enclave is trusted when a valid release it signed lists its PCRs."
+  echo "release_key = \"$RELEASE_KEY\""
+} > "$DEMO/config.toml"
+# The raw PCRs, for checking saved documents and receipts offline.
+{
   echo "[pcrs]"
   for ((i = 1; i < ${#PINS[@]}; i += 2)); do echo "${PINS[i]}" | sed 's/^\([0-9]*\)=\(.*\)/\1 = "\2"/'; done
-} > "$DEMO/config.toml"
+} > "$DEMO/pcrs.toml"
 export CONFIDANT_CONFIG="$DEMO/config.toml" CONFIDANT_CACHE_DIR="$DEMO/cache"
 C="$BIN/confidant"
 
@@ -117,6 +133,7 @@ fi
 
 echo "== what the client trusts ($DEMO/config.toml)"
 echo "   root      $DEMO/ca/root.pem: the development CA the emulated NSM signs with (NOT the AWS Nitro root)"
+echo "   release   key ${RELEASE_KEY:0:24}… ($DEMO/release/release-key.pub); release 1 lists this image:"
 for ((i = 1; i < ${#PINS[@]}; i += 2)); do echo "   PCR${PINS[i]}" | sed 's/=/  /'; done
 echo "   settings  $SETTINGS_DIGEST"
 
@@ -129,7 +146,7 @@ set -e
 echo "== confidant attest"
 "$C" attest --out "$DEMO/attestation.json" | sed 's/^/   /'
 echo "== confidant verify $DEMO/attestation.json (offline: every check ask makes, from the saved file)"
-"$C" verify "$DEMO/attestation.json" --root "$DEMO/ca/root.pem" --max-age 3600 --policy <(sed -n '/^settings_digest/p;/^\[pcrs\]/,$p' "$DEMO/config.toml") \
+"$C" verify "$DEMO/attestation.json" --root "$DEMO/ca/root.pem" --max-age 3600 --policy <(sed -n '/^settings_digest/p' "$DEMO/config.toml"; cat "$DEMO/pcrs.toml") \
   | grep -E "valid|root|pinned|model|settings|key " | sed 's/^/   /'
 
 QUESTION="My name is Ana Ruiz and my plan number is 4471-22. Is a hearing aid covered by my health plan?"
@@ -141,7 +158,7 @@ sed 's/^/   /' "$DEMO/ask.err"
 printf '%s' "$QUESTION" > "$DEMO/question.txt"
 head -c -1 "$DEMO/answer.out" > "$DEMO/answer.txt"
 echo "== confidant verify-receipt $DEMO/receipt.json (offline: this enclave signed this answer to this question)"
-"$C" verify-receipt "$DEMO/receipt.json" --root "$DEMO/ca/root.pem" --policy <(sed -n '/^\[pcrs\]/,$p' "$DEMO/config.toml") \
+"$C" verify-receipt "$DEMO/receipt.json" --root "$DEMO/ca/root.pem" --policy "$DEMO/pcrs.toml" \
   --question "$DEMO/question.txt" --answer "$DEMO/answer.txt" | grep -E "valid|PCR0|model|answer |covers" | sed 's/^/   /'
 echo "== what the relay saw (counts and timings only):"
 grep -E "stream|connection" "$DEMO/relay.log" | tail -2 | sed 's/^/   /'

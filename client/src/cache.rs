@@ -122,6 +122,29 @@ pub fn forget(relay: &str, attested: &Attested) {
     }
 }
 
+/// Where the highest release accepted from `relay` is kept. It is not an attestation: `cache clear`
+/// and `--fresh` leave it, so neither can undo rollback protection.
+fn release_file(relay: &str) -> Option<PathBuf> {
+    dir().map(|d| d.join(format!("release-{}.hwm", safe(relay))))
+}
+
+/// The highest release version accepted from `relay` (0: none yet, or no cache directory).
+pub fn release_high_water(relay: &str) -> u64 {
+    release_file(relay)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises `relay`'s high-water mark to `version` (never lowers it).
+pub fn raise_release_high_water(relay: &str, version: u64) {
+    if version > release_high_water(relay) {
+        if let Some(path) = release_file(relay) {
+            write_atomically(&path, format!("{version}\n").as_bytes());
+        }
+    }
+}
+
 /// Removes every cached attestation; returns how many there were.
 pub fn clear() -> std::io::Result<usize> {
     let Some(dir) = dir() else { return Ok(0) };

@@ -52,7 +52,9 @@ impl Client {
     /// else a fresh one (with a nonce), which is then cached.
     pub async fn attested(&mut self) -> Result<&Attested, RemoteError> {
         if self.attested.is_none() && self.use_cache {
-            self.attested = cache::load(&self.relay_name, &self.trust);
+            if let Some(cached) = cache::load(&self.relay_name, &self.trust) {
+                self.attested = Some(self.admitted(cached).await?);
+            }
         }
         if self.attested.is_none() {
             self.attest_fresh().await?;
@@ -65,6 +67,7 @@ impl Client {
     /// A fresh attestation (with a nonce), replacing any held or cached one.
     pub async fn attest_fresh(&mut self) -> Result<&Attested, RemoteError> {
         let attested = remote::attest(&self.relay, &self.trust).await?;
+        let attested = self.admitted(attested).await?;
         if self.use_cache {
             cache::store(&self.relay_name, &attested);
         }
@@ -106,6 +109,20 @@ impl Client {
             }
             other => other,
         }
+    }
+
+    /// With a release key pinned, holds the enclave to the manifests the relay serves and raises this
+    /// relay's high-water mark (kept even with `--fresh`, so no run can roll back).
+    async fn admitted(&self, mut attested: Attested) -> Result<Attested, RemoteError> {
+        let Some(key) = &self.trust.release_key else {
+            return Ok(attested);
+        };
+        let manifests = remote::fetch_manifests(&self.relay).await?;
+        let high_water = cache::release_high_water(&self.relay_name);
+        let version = remote::admit_release(&attested, &manifests, key, high_water)?;
+        cache::raise_release_high_water(&self.relay_name, version);
+        attested.release = Some(version);
+        Ok(attested)
     }
 
     /// Ends a session in the enclave (its keys and model state go at once rather than at expiry).

@@ -12,6 +12,7 @@
 //! model_digest = "…64 hex digits…"   # optional
 //! settings_digest = "…64 hex digits…"
 //! dtype = "int8"
+//! release_key = "04…194 hex digits…"  # instead of [pcrs]: the operator's signed releases
 //! max_age_secs = 60
 //! connect_timeout_secs = 5
 //! timeout_secs = 120
@@ -43,6 +44,7 @@ pub struct ConfigFile {
     pub model_digest: Option<String>,
     pub settings_digest: Option<String>,
     pub dtype: Option<String>,
+    pub release_key: Option<String>,
     pub max_age_secs: Option<u64>,
     pub connect_timeout_secs: Option<u64>,
     pub timeout_secs: Option<u64>,

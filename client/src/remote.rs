@@ -8,6 +8,7 @@ use confidant_protocol::chunks::ChunkOpener;
 use confidant_protocol::frame::Frame;
 use confidant_protocol::message::{Ask, Trailer};
 use confidant_protocol::receipt::{self, Expected};
+use confidant_protocol::release;
 use confidant_protocol::request::{encapsulate, ClientRequest, CONFIDANT_LABELS};
 use confidant_protocol::session::ClientSession;
 use confidant_protocol::user_data::sha256;
@@ -93,6 +94,12 @@ impl RemoteError {
                     | ProtocolError::KeysExpired { .. }
                     | ProtocolError::MalformedUserData(_)
                     | ProtocolError::NoSupportedSuite
+                    | ProtocolError::MalformedManifest(_)
+                    | ProtocolError::ReleaseSignature
+                    | ProtocolError::ReleaseExpired { .. }
+                    | ProtocolError::ReleasePcrs { .. }
+                    | ProtocolError::ReleaseMismatch { .. }
+                    | ProtocolError::ReleaseRollback { .. }
             ),
             _ => false,
         }
@@ -142,6 +149,8 @@ pub struct Attested {
     pub recipient: Recipient,
     /// Taken from the cache rather than fetched by this process.
     pub cached: bool,
+    /// The release (manifest version) that admitted it, when a release key is pinned.
+    pub release: Option<u64>,
 }
 
 impl Attested {
@@ -210,7 +219,57 @@ pub fn check(
         verified,
         recipient,
         cached: false,
+        release: None,
     })
+}
+
+/// The signed release manifests the relay serves (`RELEASE`).
+pub async fn fetch_manifests(relay: &Relay) -> Result<Vec<Vec<u8>>, RemoteError> {
+    let mut reader = relay
+        .exchange(&Frame::Release {
+            manifests: Vec::new(),
+        })
+        .await?;
+    match reader.next().await? {
+        Some(Frame::Release { manifests }) => Ok(manifests),
+        Some(other) => Err(refused(other)),
+        None => Err(RemoteError::Ended("the release manifests")),
+    }
+}
+
+/// Holds `attested` to the manifests under `release_key`: its PCR0/1/2 listed in a valid manifest
+/// that states its model and settings, of a release not below `high_water`. Returns the version.
+pub fn admit_release(
+    attested: &Attested,
+    manifests: &[Vec<u8>],
+    release_key: &[u8],
+    high_water: u64,
+) -> Result<u64, RemoteError> {
+    let doc = attested.verified.doc();
+    let mut pcrs: release::PcrTuple = [[0; 48]; 3];
+    for (i, slot) in pcrs.iter_mut().enumerate() {
+        let v = doc
+            .pcrs
+            .get(&i)
+            .filter(|v| v.len() == 48)
+            .ok_or(RemoteError::Protocol(ProtocolError::ReleasePcrs {
+                version: 0,
+            }))?;
+        slot.copy_from_slice(v);
+    }
+    let u = &attested.recipient.user_data;
+    let m = release::admit(
+        manifests,
+        release_key,
+        &release::Measured {
+            pcrs: &pcrs,
+            model: &u.model,
+            settings: u.settings.as_ref(),
+        },
+        UnixMillis::now(),
+        high_water,
+    )?;
+    Ok(m.version)
 }
 
 /// How an answer went, for the caller to print.

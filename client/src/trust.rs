@@ -27,6 +27,9 @@ pub struct TrustConfig {
     pub settings_digest: Option<String>,
     /// Inference dtype (`f32`, `bf16`, `int8`) the enclave must attest.
     pub dtype: Option<String>,
+    /// The operator's release key (hex of the P-384 point): admit an enclave whose PCR0/1/2 a valid
+    /// manifest signed by it lists, instead of (or as well as) pinned PCRs.
+    pub release_key: Option<String>,
     /// Maximum age of a fetched document, seconds; also bounds how old a cached one may be.
     pub max_age: Option<u64>,
     pub allow_debug: bool,
@@ -43,6 +46,8 @@ pub struct Trust {
     pub model: Option<[u8; 32]>,
     pub settings: Option<[u8; 32]>,
     pub dtype: Option<String>,
+    /// The release key manifests must verify under (an uncompressed P-384 point, 97 bytes).
+    pub release_key: Option<Vec<u8>>,
     /// What is pinned, for the user to see ("PCR0", "settings digest", …); empty only when unpinned
     /// runs were explicitly allowed.
     pub pins: Vec<String>,
@@ -53,8 +58,9 @@ pub struct Trust {
 /// Why an unpinned run is refused, with how to pin.
 pub const UNPINNED: &str =
     "unpinned: refusing to send anything to an enclave whose measurements are not pinned, \
-since any Nitro enclave of any AWS account would pass; pin the image with --pcr 0=HEX (and 1, 2), \
-or --policy FILE, or [pcrs] in the config file (values from `confidant-enclave measure` or the \
+since any Nitro enclave of any AWS account would pass; pin the operator's release key with \
+--release-key HEX (or release_key in the config file), or the image with --pcr 0=HEX (and 1, 2), \
+--policy FILE or [pcrs] in the config file (values from `confidant-enclave measure` or the \
 operator's release notes); --insecure-unpinned accepts any enclave, for experiments only";
 
 impl std::fmt::Debug for Trust {
@@ -77,6 +83,20 @@ fn digest_arg(name: &str, v: &Option<String>) -> Result<Option<[u8; 32]>, SetupE
             })
         }
     }
+}
+
+/// A release key: hex of an uncompressed P-384 point (`confidant-ops release-key` prints it).
+fn release_key_arg(v: Option<&String>) -> Result<Option<Vec<u8>>, SetupError> {
+    let Some(h) = v else { return Ok(None) };
+    let bytes = parse_hex("--release-key", h).map_err(|e| SetupError::Invalid(e.to_string()))?;
+    if bytes.len() != 97 || bytes[0] != 0x04 {
+        return Err(SetupError::Invalid(
+            "--release-key: a P-384 public key is 97 bytes (194 hex digits) starting 04, as in \
+             release-key.pub"
+                .into(),
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 impl Trust {
@@ -126,7 +146,18 @@ impl Trust {
         let dtype = (config.dtype.clone().or(file.dtype)).or(config.file.dtype.clone());
         // The workload must be named: PCR0 (the image) or PCR8 (the certificate that signed it).
         let mut pins: Vec<String> = policy.pcrs().keys().map(|i| format!("PCR{i}")).collect();
-        let workload = policy.pcrs().contains_key(&0) || policy.pcrs().contains_key(&8);
+        let release_key = release_key_arg(
+            config
+                .release_key
+                .as_ref()
+                .or(config.file.release_key.as_ref()),
+        )?;
+        if release_key.is_some() {
+            pins.push("release key".into());
+        }
+        let workload = policy.pcrs().contains_key(&0)
+            || policy.pcrs().contains_key(&8)
+            || release_key.is_some();
         if !workload && !config.allow_unpinned {
             return Err(SetupError::Invalid(UNPINNED.into()));
         }
@@ -148,6 +179,7 @@ impl Trust {
         }
         Ok(Trust {
             dtype,
+            release_key,
             verifier,
             policy,
             pins: if workload { pins } else { Vec::new() },

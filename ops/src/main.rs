@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use confidant_verifier::PcrPin;
 
 mod encrypt_weights;
+mod release;
 mod seal;
 
 #[derive(Debug, Parser)]
@@ -48,6 +49,11 @@ enum Command {
         #[arg(long, value_name = "HEX")]
         image_sha384: Option<String>,
     },
+    /// Make a release key (P-384): release-key.pk8 (private) and release-key.pub (what clients pin).
+    ReleaseKey(release::KeyArgs),
+    /// Sign a release manifest: the images (PCR0,PCR1,PCR2 tuples) a release admits, its model and
+    /// settings digests, its version and validity.
+    ReleaseSign(release::SignArgs),
     /// Make a development CA (root, intermediate) for an enclave with the emulated NSM. Its root says
     /// it is not AWS; clients trust it only when given it with --root.
     DevCa {
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Seal(args) => seal::run(args),
         Command::EncryptWeights(args) => encrypt_weights::run(args),
+        Command::ReleaseKey(args) => release::key(args).map(|()| 0),
+        Command::ReleaseSign(args) => release::sign(args).map(|()| 0),
         Command::KmsPolicy {
             pcrs,
             account,

@@ -260,7 +260,7 @@ fn negatives() -> Value {
         { "name": "sequence-rewind", "target": "session", "change": "present turn seq 2, then seq 1", "expect": "sequence_reused" },
         { "name": "tampered-turn", "target": "session", "change": "flip the last byte of turn seq 1's ciphertext", "expect": "session_auth" },
         { "name": "reply-to-other-turn", "target": "session", "change": "open turn 1's reply with turn 2's opener", "expect": "chunk_auth" },
-        { "name": "unknown-frame-type", "target": "frame", "hex": "0b00000000", "expect": "unknown_frame" },
+        { "name": "unknown-frame-type", "target": "frame", "hex": "0c00000000", "expect": "unknown_frame" },
         { "name": "short-route", "target": "frame", "hex": "0a00000003aabbcc", "expect": "malformed_frame" },
         { "name": "oversize-frame", "target": "frame", "hex": "0600100001", "expect": "oversize_frame" },
         { "name": "truncated-frame", "target": "frame", "hex": "050000001000112233", "expect": "truncated_frame" },

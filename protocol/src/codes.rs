@@ -70,6 +70,14 @@ errors! {
         KeysExpired = "keys_expired": "the attested key configs have expired";
         NoSupportedSuite = "no_supported_suite": "no key config offers a suite the client supports";
     }
+    "releases" {
+        MalformedManifest = "malformed_manifest": "a release manifest that does not decode strictly";
+        ReleaseSignature = "release_signature": "no release manifest verifies under the pinned release key";
+        ReleaseExpired = "release_expired": "the release manifest listing the enclave is expired or not yet valid";
+        ReleasePcrs = "release_pcrs": "the enclave's PCR0/1/2 tuple is in no valid release manifest";
+        ReleaseMismatch = "release_mismatch": "the release manifest's model or settings digest differs from the attested one";
+        ReleaseRollback = "release_rollback": "the enclave's release is older than one this client already accepted from this relay";
+    }
     "requests" {
         UnknownKeyId = "unknown_key_id": "the request names a key the enclave does not hold (re-attest)";
         SuiteMismatch = "suite_mismatch": "the request's suite is not its key's";

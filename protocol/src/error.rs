@@ -45,6 +45,20 @@ pub enum ProtocolError {
     #[error("no key config offers a supported suite")]
     NoSupportedSuite,
 
+    // Release manifests.
+    #[error("malformed release manifest: {0}")]
+    MalformedManifest(String),
+    #[error("no release manifest verifies under the pinned release key")]
+    ReleaseSignature,
+    #[error("release {version}'s manifest is expired or not yet valid")]
+    ReleaseExpired { version: u64 },
+    #[error("the enclave's PCR0/1/2 are not listed in release {version}'s manifest")]
+    ReleasePcrs { version: u64 },
+    #[error("release {version}'s manifest names another model or settings digest than the enclave attests")]
+    ReleaseMismatch { version: u64 },
+    #[error("the enclave runs release {version}, older than release {high_water} already accepted from this relay (rollback)")]
+    ReleaseRollback { version: u64, high_water: u64 },
+
     // Requests.
     #[error("request names key id {0}, which this enclave does not hold")]
     UnknownKeyId(u8),
@@ -98,6 +112,12 @@ impl ProtocolError {
             ProtocolError::SettingsMismatch => Code::SettingsMismatch,
             ProtocolError::KeysExpired { .. } => Code::KeysExpired,
             ProtocolError::NoSupportedSuite => Code::NoSupportedSuite,
+            ProtocolError::MalformedManifest(_) => Code::MalformedManifest,
+            ProtocolError::ReleaseSignature => Code::ReleaseSignature,
+            ProtocolError::ReleaseExpired { .. } => Code::ReleaseExpired,
+            ProtocolError::ReleasePcrs { .. } => Code::ReleasePcrs,
+            ProtocolError::ReleaseMismatch { .. } => Code::ReleaseMismatch,
+            ProtocolError::ReleaseRollback { .. } => Code::ReleaseRollback,
             ProtocolError::UnknownKeyId(_) => Code::UnknownKeyId,
             ProtocolError::SuiteMismatch { .. } => Code::SuiteMismatch,
             ProtocolError::UnknownAttestation => Code::UnknownAttestation,

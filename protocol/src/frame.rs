@@ -12,10 +12,13 @@
 //! | 0x08 | `HEALTH` | empty (a probe) or UTF-8 JSON status (the answer: counts, never secrets) |
 //! | 0x09 | `CLOSE` | session id (16) ‖ sequence number (u64) ‖ AEAD tag (ends a session; echoed as the ack) |
 //! | 0x0a | `ROUTE` | enclave instance id (16), from `user_data`; optional, before the exchange's frame |
+//! | 0x0b | `RELEASE` | empty (asking), or the signed release manifests served: (length (u32) ‖ manifest)* |
 //!
 //! `ROUTE` is the one frame a relay reads: with several enclaves behind it, it takes the stream to the
 //! enclave holding the keys the exchange was encrypted to. It tells the relay nothing it could not
-//! see anyway (which enclave answers), and the enclave checks it names itself.
+//! see anyway (which enclave answers), and the enclave checks it names itself. `RELEASE` is the one
+//! exchange the relay answers itself: manifests are signed, so the carrier need not be trusted, and a
+//! manifest naming an image's PCR0 cannot be inside that image.
 
 use crate::codes::Code;
 use crate::error::ProtocolError;
@@ -43,11 +46,12 @@ pub enum FrameType {
     Health = 0x08,
     Close = 0x09,
     Route = 0x0a,
+    Release = 0x0b,
 }
 
 impl FrameType {
     /// Every frame type.
-    pub const ALL: [FrameType; 10] = [
+    pub const ALL: [FrameType; 11] = [
         FrameType::Attest,
         FrameType::Attestation,
         FrameType::Request,
@@ -58,6 +62,7 @@ impl FrameType {
         FrameType::Health,
         FrameType::Close,
         FrameType::Route,
+        FrameType::Release,
     ];
 
     /// The type for a type byte, if it is defined.
@@ -78,6 +83,7 @@ impl FrameType {
             FrameType::Health => "HEALTH",
             FrameType::Close => "CLOSE",
             FrameType::Route => "ROUTE",
+            FrameType::Release => "RELEASE",
         }
     }
 }
@@ -119,6 +125,8 @@ pub enum Frame {
     },
     /// Which enclave behind the relay this stream is for (its `user_data` instance id).
     Route { enclave: [u8; 16] },
+    /// Asking for the release manifests (none), or those served.
+    Release { manifests: Vec<Vec<u8>> },
 }
 
 impl Frame {
@@ -135,6 +143,7 @@ impl Frame {
             Frame::Health { .. } => FrameType::Health,
             Frame::Close { .. } => FrameType::Close,
             Frame::Route { .. } => FrameType::Route,
+            Frame::Release { .. } => FrameType::Release,
         }
     }
 
@@ -197,6 +206,12 @@ impl Frame {
                 out.extend_from_slice(tag);
             }
             Frame::Route { enclave } => out.extend_from_slice(enclave),
+            Frame::Release { manifests } => {
+                for m in manifests {
+                    out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                    out.extend_from_slice(m);
+                }
+            }
         }
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
@@ -318,6 +333,21 @@ impl Frame {
                     .try_into()
                     .map_err(|_| malformed("not a 16-byte enclave instance id"))?,
             },
+            FrameType::Release => {
+                let mut manifests = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (len, tail) =
+                        split_u32(rest).ok_or_else(|| malformed("no manifest length"))?;
+                    if tail.len() < len as usize || len == 0 {
+                        return Err(malformed("a manifest longer than the frame, or empty"));
+                    }
+                    let (m, tail) = tail.split_at(len as usize);
+                    manifests.push(m.to_vec());
+                    rest = tail;
+                }
+                Frame::Release { manifests }
+            }
         })
     }
 }

@@ -23,6 +23,7 @@ pub mod keyconfig;
 pub mod link;
 pub mod message;
 pub mod receipt;
+pub mod release;
 pub mod replay;
 pub mod request;
 pub mod session;

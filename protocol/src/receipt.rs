@@ -21,6 +21,8 @@
 //! encryption.
 
 use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
+// `["Signature1", protected, h'', payload]` (RFC 9052 §4.4), shared with the Nitro documents' path.
+use confidant_verifier::signature::sig_structure;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use zeroize::Zeroizing;
 
@@ -312,17 +314,6 @@ fn protected() -> Vec<u8> {
     p
 }
 
-/// `Sig_structure1 = ["Signature1", protected, external_aad = h'', payload]` (RFC 9052 §4.4).
-fn to_be_signed(protected: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 64);
-    write_head(&mut out, 4, 4);
-    write_text(&mut out, "Signature1");
-    write_bytes(&mut out, protected);
-    write_bytes(&mut out, &[]);
-    write_bytes(&mut out, payload);
-    out
-}
-
 /// The enclave's receipt key: made at boot, its public half attested as `rk`.
 pub struct ReceiptSigner(Ed25519KeyPair);
 
@@ -355,7 +346,7 @@ impl ReceiptSigner {
     pub fn sign(&self, receipt: &Receipt) -> Vec<u8> {
         let protected = protected();
         let payload = receipt.encode();
-        let signature = self.0.sign(&to_be_signed(&protected, &payload));
+        let signature = self.0.sign(&sig_structure(&protected, &payload));
         let mut out = Vec::with_capacity(payload.len() + 128);
         write_head(&mut out, 4, 4);
         write_bytes(&mut out, &protected);
@@ -415,7 +406,7 @@ pub fn open(cose: &[u8], public_key: &[u8; 32]) -> Result<Receipt, ProtocolError
         return Err(bad("trailing bytes after the COSE_Sign1"));
     }
     UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(&to_be_signed(protected_bytes, payload), signature)
+        .verify(&sig_structure(protected_bytes, payload), signature)
         .map_err(|_| bad("the signature does not verify under the attested receipt key"))?;
     Receipt::decode(payload)
 }

@@ -14,6 +14,7 @@ mod boot_reports;
 mod fault;
 mod limits;
 mod metrics;
+mod releases;
 mod tls;
 mod upstream;
 mod upstreams;
@@ -62,6 +63,10 @@ struct Args {
     /// locally): logged and counted by code, since a production enclave has no console.
     #[arg(long, value_name = "ENDPOINT")]
     boot_reports: Option<Endpoint>,
+    /// A signed release manifest (`confidant-ops release-sign`) to serve to clients that pin the
+    /// release key; repeatable (during a rollout, the old and the new). Read for every request.
+    #[arg(long = "release-manifest", value_name = "FILE")]
+    release_manifests: Vec<PathBuf>,
     /// TLS certificate chain (PEM).
     #[arg(
         long,
@@ -133,6 +138,7 @@ struct Relay {
     max_stream_bytes: u64,
     fault: Option<Fault>,
     counters: Arc<Counters>,
+    releases: releases::Releases,
 }
 
 fn main() -> ExitCode {
@@ -254,6 +260,7 @@ async fn run(args: Args) -> Result<(), String> {
         max_stream_bytes: args.max_stream_bytes,
         fault: args.fault_test_only.clone(),
         counters: Arc::new(Counters::default()),
+        releases: releases::Releases::new(args.release_manifests.clone())?,
     });
     let boot_failures = Arc::new(boot_reports::BootFailures::default());
     if let Some(endpoint) = &args.boot_reports {
@@ -374,6 +381,27 @@ async fn refuse(counter: &AtomicU64, mut send: quinn::SendStream, code: Code, me
     let _ = send.stopped().await;
 }
 
+/// Answers a `RELEASE` request with the manifests served.
+async fn serve_releases(relay: &Relay, mut send: quinn::SendStream) {
+    match relay.releases.frame() {
+        Ok(frame) => {
+            let _ = send.write_all(&frame.encode()).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "release manifests unreadable");
+            refuse(
+                &relay.counters.refused_unreachable,
+                send,
+                Code::Internal,
+                "the relay cannot read its release manifests",
+            )
+            .await;
+        }
+    }
+}
+
 /// Reads the stream's first frame header and, when it is a `ROUTE`, its body. Returns the bytes read
 /// (forwarded as they are: the enclave checks the route names it) and the route.
 async fn first_frame(recv: &mut quinn::RecvStream) -> Result<(Vec<u8>, Option<[u8; 16]>), ()> {
@@ -436,6 +464,10 @@ async fn relay_stream(
                 .await;
             }
         };
+    if prefix.len() == HEADER_LEN && prefix[0] == FrameType::Release as u8 && prefix[1..] == [0; 4]
+    {
+        return serve_releases(&relay, send).await;
+    }
     let mut opened = match relay.upstreams.open(route).await {
         Ok(o) => o,
         Err(NoUpstream::Unknown) => {

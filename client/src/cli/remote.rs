@@ -47,6 +47,11 @@ pub struct TrustArgs {
     /// The inference dtype the enclave must attest: f32, bf16 or int8 (the weights' precision).
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<String>,
+    /// Pin the operator's release key (hex, from `confidant-ops release-key`) instead of, or as well
+    /// as, PCRs: the enclave's PCR0/1/2 must be listed in a valid manifest it signed, of a release no
+    /// older than one already accepted from this relay [config: release_key].
+    #[arg(long, value_name = "HEX")]
+    pub release_key: Option<String>,
     /// Maximum age of a fetched document, seconds; a cached one older than this is fetched again.
     #[arg(long, value_name = "SECS")]
     pub max_age: Option<u64>,
@@ -98,6 +103,7 @@ impl TrustArgs {
             model_digest: self.model_digest.clone(),
             settings_digest: self.settings_digest.clone(),
             dtype: self.dtype.clone(),
+            release_key: self.release_key.clone(),
             max_age: self.max_age,
             allow_debug: self.allow_debug,
             allow_unpinned: self.insecure_unpinned,
@@ -173,7 +179,10 @@ impl TrustArgs {
                 "NOTHING (--insecure-unpinned: any enclave would have been accepted)".to_string()
             } else {
                 pins.join(", ")
-            }
+            } + &a
+                .release
+                .map(|v| format!(" (admitted by release {v})"))
+                .unwrap_or_default()
         );
     }
 }
@@ -351,6 +360,7 @@ fn summary_json(a: &Attested, pins: &[String]) -> serde_json::Value {
         "document_sha256": hex::encode(a.verified.document_sha256()),
         "pcrs": doc.pcrs.iter().map(|(i, v)| (i.to_string(), json!(hex::encode(v)))).collect::<serde_json::Map<_, _>>(),
         "model_digest": hex::encode(ud.model),
+        "release": a.release,
         "settings_digest": ud.settings.map(hex::encode),
         "dtype": ud.dtype,
         "keys_expire": ud.exp.as_secs(),
