@@ -356,12 +356,7 @@ mod tests {
         let m1 = sign(&k, &manifest(1, vec![OLD]));
         let one = std::slice::from_ref(&m1);
         assert_eq!(open(&m1, &pk).unwrap(), manifest(1, vec![OLD]));
-        assert_eq!(
-            admit(one, &pk, &enclave(&OLD), NOW, 0)
-                .unwrap()
-                .version,
-            1
-        );
+        assert_eq!(admit(one, &pk, &enclave(&OLD), NOW, 0).unwrap().version, 1);
         // Another key's manifest.
         let other = key().public_key().as_ref().to_vec();
         assert_eq!(
