@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The traffic shape's cost: N questions asked shaped (the default) and N unshaped (--unshaped),
-# alternating, through one local stack; for each, the bytes the relay carried per question (from its
-# /metrics, both directions, attestation excluded: it is cached) and the medians of time to the
+# alternating, through one local stack; for each, the bytes the relay carried per question (both
+# directions, as its test-only capture records them; attestation excluded: it is cached) and the medians of time to the
 # first text and to the end. One JSON object.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ D=$(mktemp -d)
 "$BIN/confidant-ops" dev-ca --out "$D/ca" 2>/dev/null
 "$BIN/confidant-enclave" serve --listen "unix:$D/e.sock" --model "$D/model" --nsm emulated --dev-ca "$D/ca" --threads 1 > "$D/e.out" 2>/dev/null &
 E=$!
-"$BIN/confidant-relay" --listen 127.0.0.1:0 --upstream "unix:$D/e.sock" --self-signed "$D/tls" --metrics 127.0.0.1:0 > "$D/r.out" 2>/dev/null &
+"$BIN/confidant-relay" --listen 127.0.0.1:0 --upstream "unix:$D/e.sock" --self-signed "$D/tls" --metrics 127.0.0.1:0 --capture-test-only "$D/capture.bin" > "$D/r.out" 2>/dev/null &
 R=$!
 trap 'kill $E $R 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 for _ in $(seq 200); do grep -q listening "$D/e.out" 2>/dev/null && grep -q listening "$D/r.out" 2>/dev/null && break; sleep 0.1; done
@@ -21,13 +21,13 @@ ADDR=$(awk '{print $2}' "$D/r.out" | sed 's/udp://')
 METRICS=$(sed -n 's/.* metrics tcp:\([^ ]*\).*/\1/p' "$D/r.out")
 PINS=$("$BIN/confidant-enclave" measure --model "$D/model" | sed 's/^/--pcr /' | tr '\n' ' ')
 export CONFIDANT_CACHE_DIR="$D/cache"
-bytes() {
-  python3 - "$METRICS" <<'PY'
-import sys, urllib.request
-text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode()
-print(sum(int(l.split()[-1]) for l in text.splitlines() if l.startswith("confidant_relay_bytes_total")))
-PY
-}
+# Ready when the relay's health check sees the enclave up.
+for _ in $(seq 100); do
+  python3 -c "import urllib.request, sys; urllib.request.urlopen('http://$METRICS/health')" 2>/dev/null && break
+  sleep 0.1
+done
+# Every byte the relay carries, both directions, is appended to the capture file as it passes.
+bytes() { stat -c %s "$D/capture.bin" 2>/dev/null || echo 0; }
 ask() {
   # shellcheck disable=SC2086
   "$BIN/confidant" ask --json --max-tokens "$TOKENS" --relay "$ADDR" --relay-ca "$D/tls/cert.pem" --root "$D/ca/root.pem" $PINS "$@"
@@ -40,6 +40,7 @@ for i in $(seq "$N"); do
     before=$(bytes)
     # shellcheck disable=SC2086
     line=$(ask $flag "$Q (variant $i)")
+    sleep 0.2  # the last bytes reach the capture file just after the client has them
     after=$(bytes)
     echo "{\"mode\": \"$mode\", \"bytes\": $((after - before)), \"run\": $line}"
   done
