@@ -2,10 +2,10 @@
 //! (`confidant_protocol::release`). Clients pin the key's public half instead of raw PCR values.
 //!
 //! The private key is a PKCS#8 file written 0600; keep it off the parent instances. A key held in
-//! AWS KMS (ECC_NIST_P384, SIGN_VERIFY) works the same way: `release-sign --digest-out` writes the
-//! SHA-384 digest to sign, `aws kms sign --message-type DIGEST --signing-algorithm
-//! ECDSA_SHA_384` signs it, and `release-sign --kms-signature` assembles the manifest from the
-//! DER signature KMS returns.
+//! AWS KMS (ECC_NIST_P384, SIGN_VERIFY) works the same way: `release-sign --tbs-out` writes the COSE
+//! `Sig_structure` to sign, `aws kms sign --message-type RAW --signing-algorithm ECDSA_SHA_384`
+//! signs it (KMS hashes it with SHA-384, as ES384 does), and `release-sign --kms-signature`
+//! assembles the manifest from the DER signature KMS returns.
 
 use std::path::PathBuf;
 
@@ -46,12 +46,13 @@ pub struct SignArgs {
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     days: u64,
     /// The release key (PKCS#8, from release-key).
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["digest_out", "kms_signature"])]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["tbs_out", "kms_signature"])]
     key: Option<PathBuf>,
-    /// Write the SHA-384 digest to sign (for a key in KMS) and the unsigned body beside it, and stop.
+    /// Write the bytes to sign (the COSE Sig_structure, at most 4096 bytes as KMS takes a RAW
+    /// message) for a key in KMS, and stop. Give the same flags, and --not-before, when assembling.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "kms_signature"])]
-    digest_out: Option<PathBuf>,
-    /// The DER ECDSA signature KMS returned over the digest (`aws kms sign … --output text --query
+    tbs_out: Option<PathBuf>,
+    /// The DER ECDSA signature KMS returned over those bytes (`aws kms sign … --output text --query
     /// Signature | base64 -d`); the body is rebuilt from the same flags.
     #[arg(long, value_name = "FILE", conflicts_with = "key")]
     kms_signature: Option<PathBuf>,
@@ -62,6 +63,9 @@ pub struct SignArgs {
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
+
+/// The largest message KMS signs as RAW (it hashes it itself).
+const KMS_RAW_MAX: usize = 4096;
 
 pub fn key(args: KeyArgs) -> Result<(), String> {
     let rng = SystemRandom::new();
@@ -159,12 +163,17 @@ pub fn sign(args: SignArgs) -> Result<(), String> {
     let m = manifest(&args)?;
     let (protected, body) = m.to_be_signed();
     let tbs = sig_structure(&protected, &body);
-    if let Some(path) = &args.digest_out {
-        let digest = ring::digest::digest(&ring::digest::SHA384, &tbs);
-        std::fs::write(path, digest.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(path) = &args.tbs_out {
+        if tbs.len() > KMS_RAW_MAX {
+            return Err(format!(
+                "the manifest's Sig_structure is {} bytes, over KMS's {KMS_RAW_MAX} for a RAW message: list fewer images",
+                tbs.len()
+            ));
+        }
+        std::fs::write(path, &tbs).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!(
-            "wrote the SHA-384 digest to sign to {}; sign it with KMS, then run again with \
-             --kms-signature and --not-before {}",
+            "wrote the bytes to sign to {}; sign them with KMS (--message-type RAW), then run again \
+             with --kms-signature and --not-before {}",
             path.display(),
             m.not_before.as_secs()
         );
@@ -185,7 +194,7 @@ pub fn sign(args: SignArgs) -> Result<(), String> {
             let der = std::fs::read(der).map_err(|e| format!("{}: {e}", der.display()))?;
             der_to_fixed(&der).ok_or("--kms-signature: not a DER ECDSA P-384 signature")?
         }
-        (None, None) => return Err("give --key, --digest-out or --kms-signature".into()),
+        (None, None) => return Err("give --key, --tbs-out or --kms-signature".into()),
     };
     let cose = release::assemble(&protected, &body, &signature);
     // Whatever signed it, the manifest must open under the key clients will pin.

@@ -170,3 +170,68 @@ fn a_release_key_admits_listed_images_and_refuses_expiry_other_keys_and_rollback
         stderr(&out)
     );
 }
+
+/// The release key kept in KMS (moto stands in): `release-sign --tbs-out`, KMS signs the bytes (RAW,
+/// ECDSA_SHA_384), `release-sign --kms-signature` assembles a manifest that opens under the KMS key's
+/// public half — and a signature over other flags does not.
+#[test]
+fn a_release_signed_by_a_kms_key_opens_under_its_public_key() {
+    let python = std::env::var_os("CONFIDANT_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{}: `make deps` installs moto",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import subprocess, sys
+import boto3
+from moto import mock_aws
+ops, d, version = sys.argv[1], sys.argv[2], sys.argv[3]
+flags = ["release-sign", "--pcrs", ",".join(["11" * 48, "22" * 48, "33" * 48]),
+         "--model-digest", "44" * 32, "--not-before", "1700000000"]
+with mock_aws():
+    kms = boto3.client("kms", region_name="us-east-1")
+    key = kms.create_key(KeySpec="ECC_NIST_P384", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    public = kms.get_public_key(KeyId=key)["PublicKey"][-97:].hex()
+    subprocess.run([ops, *flags, "--version", "7", "--tbs-out", f"{d}/tbs.bin"], check=True)
+    tbs = open(f"{d}/tbs.bin", "rb").read()
+    sig = kms.sign(KeyId=key, Message=tbs, MessageType="RAW", SigningAlgorithm="ECDSA_SHA_384")["Signature"]
+    open(f"{d}/sig.der", "wb").write(sig)
+    done = subprocess.run([ops, *flags, "--version", version, "--kms-signature", f"{d}/sig.der",
+                           "--public-key", public, "--out", f"{d}/release.cose"])
+    print(public, done.returncode)
+"#;
+    let run = |version: &str| {
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(bin("confidant-ops"))
+            .arg(dir.path())
+            .arg(version)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let line = stdout(&out);
+        let (public, status) = line.trim().split_once(' ').unwrap();
+        (
+            hex::decode(public).unwrap(),
+            status.to_string(),
+            stderr(&out),
+        )
+    };
+    let (public, status, err) = run("7");
+    assert_eq!(status, "0", "{err}");
+    let cose = std::fs::read(dir.path().join("release.cose")).unwrap();
+    let m = confidant_protocol::release::open(&cose, &public).unwrap();
+    assert_eq!(m.version, 7);
+    assert_eq!(m.pcrs, vec![[[0x11; 48], [0x22; 48], [0x33; 48]]]);
+    // KMS signed release 7's bytes; assembled as release 8, it does not verify and is not written.
+    std::fs::remove_file(dir.path().join("release.cose")).unwrap();
+    let (_, status, err) = run("8");
+    assert_ne!(status, "0");
+    assert!(err.contains("the signed manifest does not verify"), "{err}");
+    assert!(!dir.path().join("release.cose").exists());
+}
