@@ -170,7 +170,7 @@ load: deps
 # New inputs land in fuzz/corpus/<target>/; crashes in fuzz/artifacts/. `make test` replays the
 # committed corpora (testing/fuzz-targets/tests/corpus.rs).
 FUZZ_SECS ?= 60
-FUZZ_TARGETS := attestation frame request session key_configs user_data ask link cms sealed_settings
+FUZZ_TARGETS := attestation frame request session key_configs user_data ask link cms sealed_settings receipt manifest
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@# The fuzzer's own exit status decides (a crash fails make), not the filter's.

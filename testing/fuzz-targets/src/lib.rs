@@ -30,6 +30,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("link", link),
     ("cms", cms),
     ("sealed_settings", sealed_settings),
+    ("receipt", receipt),
+    ("manifest", manifest),
 ];
 
 fn verifier() -> &'static Verifier {
@@ -123,6 +125,28 @@ pub fn key_configs(data: &[u8]) {
 /// The attested `user_data` map.
 pub fn user_data(data: &[u8]) {
     let _ = UserData::decode(data);
+}
+
+/// An answer's receipt, as a client or `verify-receipt` opens it: the COSE_Sign1 (under the receipt
+/// vectors' key, so that seeds get past the signature), its payload on its own, and a shaped chunk.
+pub fn receipt(data: &[u8]) {
+    const RK: &str = "be189a41044caa97593ae2169ff38f00c7cfbb9c8ae07015d0b8c0757f6515b2";
+    let mut rk = [0u8; 32];
+    if hex::decode_to_slice(RK, &mut rk).is_ok() {
+        let _ = confidant_protocol::receipt::open(data, &rk);
+    }
+    let _ = confidant_protocol::receipt::Receipt::decode(data);
+    let _ = confidant_protocol::shape::decode_data(data);
+}
+
+/// A release manifest: the COSE_Sign1 under a fixed key, and the body on its own.
+pub fn manifest(data: &[u8]) {
+    // The key that signed the seeds (fuzz/corpus/manifest/), so that they get past the signature.
+    const RELEASE_KEY: &str = "04ab2bee7c63ae74bafa38526cca535d49e47415439d23f800fcdce868514c42f7cf8364e6693681ee97d0ef0812251cac6bb6b58172122bc9df8982238d12046f957ce695023a6386c315f8d6f95d5f7f6d2504a324222d9600c59e4a22b78a99";
+    if let Ok(key) = hex::decode(RELEASE_KEY) {
+        let _ = confidant_protocol::release::open(data, &key);
+    }
+    let _ = confidant_protocol::release::Manifest::decode(data);
 }
 
 /// The decrypted question.
