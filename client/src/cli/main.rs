@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (document valid, every conformance case passed), 1 rejection or failed case,
 //! 2 usage or I/O error, 3 the relay or the enclave could not be reached in time.
 
+mod pins;
 mod receipt;
 mod remote;
 mod time_arg;

@@ -16,6 +16,7 @@ use confidant_protocol::Code;
 use confidant_verifier::PcrPin;
 use serde_json::json;
 
+use crate::pins::DigestPins;
 use crate::time_arg::{format_ms, format_secs};
 use crate::{exit, CliError};
 
@@ -38,15 +39,8 @@ pub struct TrustArgs {
     /// TOML policy file (pcrs, max_age_secs, allow_debug, model_digest, settings_digest, dtype).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// The model digest the enclave must attest (SHA-256, hex).
-    #[arg(long, value_name = "HEX")]
-    pub model_digest: Option<String>,
-    /// The settings digest the enclave must attest (SHA-256, hex).
-    #[arg(long, value_name = "HEX")]
-    pub settings_digest: Option<String>,
-    /// The inference dtype the enclave must attest: f32, bf16 or int8 (the weights' precision).
-    #[arg(long, value_name = "DTYPE")]
-    pub dtype: Option<String>,
+    #[command(flatten)]
+    pub digests: DigestPins,
     /// Pin the operator's release key (hex, from `confidant-ops release-key`) instead of, or as well
     /// as, PCRs: the enclave's PCR0/1/2 must be listed in a valid manifest it signed, of a release no
     /// older than one already accepted from this relay [config: release_key].
@@ -100,9 +94,9 @@ impl TrustArgs {
             roots: self.roots.clone(),
             pcrs: self.pcrs.clone(),
             policy: self.policy.clone(),
-            model_digest: self.model_digest.clone(),
-            settings_digest: self.settings_digest.clone(),
-            dtype: self.dtype.clone(),
+            model_digest: self.digests.model_digest.clone(),
+            settings_digest: self.digests.settings_digest.clone(),
+            dtype: self.digests.dtype.clone(),
             release_key: self.release_key.clone(),
             max_age: self.max_age,
             allow_debug: self.allow_debug,

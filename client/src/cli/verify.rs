@@ -10,6 +10,7 @@ use confidant_protocol::{Expectations, ProtocolError, Recipient, UnixMillis};
 use confidant_verifier::{PcrPin, Report, Verifier, VerifyAt};
 use serde_json::{json, Value};
 
+use crate::pins::DigestPins;
 use crate::time_arg::{format_ms, format_secs, parse_at};
 use crate::{exit, CliError};
 
@@ -50,15 +51,8 @@ pub struct VerifyArgs {
     /// Accept a document from an enclave in debug mode (PCR0 all zeros).
     #[arg(long)]
     pub allow_debug: bool,
-    /// The model digest Confidant's user_data must carry (SHA-256, hex) [or the policy file's].
-    #[arg(long, value_name = "HEX")]
-    pub model_digest: Option<String>,
-    /// The settings digest Confidant's user_data must carry [or the policy file's].
-    #[arg(long, value_name = "HEX")]
-    pub settings_digest: Option<String>,
-    /// The inference dtype Confidant's user_data must carry [or the policy file's].
-    #[arg(long, value_name = "DTYPE")]
-    pub dtype: Option<String>,
+    #[command(flatten)]
+    pub digests: DigestPins,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -144,13 +138,16 @@ fn expectations(args: &VerifyArgs) -> Result<Expectations, CliError> {
     Ok(Expectations {
         model: digest(
             "--model-digest",
-            args.model_digest.clone().or(file.model_digest),
+            args.digests.model_digest.clone().or(file.model_digest),
         )?,
         settings: digest(
             "--settings-digest",
-            args.settings_digest.clone().or(file.settings_digest),
+            args.digests
+                .settings_digest
+                .clone()
+                .or(file.settings_digest),
         )?,
-        dtype: args.dtype.clone().or(file.dtype),
+        dtype: args.digests.dtype.clone().or(file.dtype),
         now: UnixMillis::from_millis(0),
     })
 }
