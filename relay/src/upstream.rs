@@ -88,9 +88,20 @@ impl Drop for LinkStream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unreachable;
 
-/// After a failed connect, new streams fail at once for this long instead of each waiting for its
-/// own connect timeout.
+/// After a connect that timed out, new streams fail at once for this long instead of each waiting
+/// for its own connect timeout. A refused connect (an enclave not listening yet, or restarting) costs
+/// nothing to retry, so it sets no backoff: a client arriving just after the enclave comes up is
+/// served.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How a connect to the enclave failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectFailure {
+    /// No answer within the connect timeout: back off, or every stream would wait as long.
+    TimedOut,
+    /// Refused or failed at once.
+    Refused,
+}
 
 /// The pool of links to one enclave.
 #[derive(Debug)]
@@ -135,11 +146,12 @@ impl Pool {
                         links.push(l.clone());
                         l
                     }
-                    Err(_) => {
+                    Err(ConnectFailure::TimedOut) => {
                         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(Instant::now());
                         least.ok_or(Unreachable)?
                     }
+                    Err(ConnectFailure::Refused) => least.ok_or(Unreachable)?,
                 },
             }
         };
@@ -162,13 +174,13 @@ impl Pool {
         ))
     }
 
-    async fn connect(&self) -> Result<Arc<Link>, Unreachable> {
+    async fn connect(&self) -> Result<Arc<Link>, ConnectFailure> {
         let conn = tokio::time::timeout(self.connect_timeout, endpoint::connect(&self.endpoint))
             .await
-            .map_err(|_| Unreachable)?
+            .map_err(|_| ConnectFailure::TimedOut)?
             .map_err(|e| {
                 tracing::warn!(error = %e, "enclave unreachable");
-                Unreachable
+                ConnectFailure::Refused
             })?;
         let (mut rd, mut wr) = tokio::io::split(conn);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UP_QUEUE);
