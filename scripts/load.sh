@@ -9,6 +9,9 @@ BIN=target/release
 CLIENTS=${CLIENTS:-200}
 QUESTIONS=${QUESTIONS:-2}
 TOKENS=${TOKENS:-16}
+# UNSHAPED=1 asks with "shape": false (no cadence, no padding).
+SHAPE=()
+[ "${UNSHAPED:-0}" = 1 ] && SHAPE=(--unshaped)
 D=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }
@@ -30,4 +33,4 @@ PINS=$("$BIN/confidant-enclave" measure --model "$D/model" | sed 's/^/--pcr /' |
 # shellcheck disable=SC2086
 "$BIN/confidant-load" --relay "$RELAY" --relay-ca "$D/tls/cert.pem" --root "$D/ca/root.pem" $PINS \
   --clients "$CLIENTS" --questions "$QUESTIONS" --max-tokens "$TOKENS" --expect "$D/expect.json" \
-  --relay-pid "$RPID" --enclave-pid "$EPID"
+  --relay-pid "$RPID" --enclave-pid "$EPID" "${SHAPE[@]}"

@@ -51,6 +51,10 @@ struct Args {
     /// Report this process's peak RSS as the enclave's.
     #[arg(long, value_name = "PID")]
     enclave_pid: Option<u32>,
+    /// Ask unshaped (`"shape": false`): each piece of text as it comes, to measure the engine's and
+    /// the relay's own latency without the traffic shape's cadence.
+    #[arg(long)]
+    unshaped: bool,
 }
 
 const DEFAULT_QUESTIONS: [&str; 5] = [
@@ -127,6 +131,7 @@ async fn one_client(
         let (question, expected) = &questions[(index + q) % questions.len()];
         let ask = Ask {
             max_tokens: Some(args.max_tokens),
+            shape: args.unshaped.then_some(false),
             ..Ask::new(question.clone())
         };
         let started = Instant::now();
@@ -231,6 +236,7 @@ fn main() -> ExitCode {
         .sum::<f64>()
         / args.questions.max(1) as f64;
     let report = serde_json::json!({
+        "shaped": !args.unshaped,
         "clients": args.clients,
         "questions": expected_count,
         "answered_ok": ok,
