@@ -9,11 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use confidant_protocol::cose;
 use confidant_protocol::message::Finish;
 use confidant_protocol::receipt::{self, Receipt, ReceiptSigner, CONTENT_TYPE};
 use confidant_protocol::user_data::{sha256, Limits, UserData};
 use confidant_protocol::UnixMillis;
-use confidant_verifier::cbor::{write_bytes, write_head, write_text};
+use confidant_verifier::cbor::{write_head, write_text};
+use confidant_verifier::signature::sig_structure;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -25,33 +27,16 @@ fn h(b: &[u8]) -> String {
     hex::encode(b)
 }
 
-fn protected(alg_neg: u64) -> Vec<u8> {
-    let mut p = Vec::new();
-    write_head(&mut p, 5, 2);
-    write_head(&mut p, 0, 1);
-    write_head(&mut p, 1, alg_neg);
-    write_head(&mut p, 0, 3);
-    write_text(&mut p, CONTENT_TYPE);
-    p
+/// The receipt's protected header with COSE algorithm `alg`.
+fn header(alg: i64) -> Vec<u8> {
+    cose::protected(alg, CONTENT_TYPE)
 }
 
 /// A COSE_Sign1 over `payload` with `protected`, signed by `seed`'s key.
 fn sign_raw(seed: &[u8; 32], protected: &[u8], payload: &[u8]) -> Vec<u8> {
     let key = Ed25519KeyPair::from_seed_unchecked(seed).unwrap();
-    let mut tbs = Vec::new();
-    write_head(&mut tbs, 4, 4);
-    write_text(&mut tbs, "Signature1");
-    write_bytes(&mut tbs, protected);
-    write_bytes(&mut tbs, &[]);
-    write_bytes(&mut tbs, payload);
-    let sig = key.sign(&tbs);
-    let mut out = Vec::new();
-    write_head(&mut out, 4, 4);
-    write_bytes(&mut out, protected);
-    write_head(&mut out, 5, 0);
-    write_bytes(&mut out, payload);
-    write_bytes(&mut out, sig.as_ref());
-    out
+    let sig = key.sign(&sig_structure(protected, payload));
+    cose::encode(protected, payload, sig.as_ref())
 }
 
 /// A receipt's fields, for readers checking an implementation by hand.
@@ -199,8 +184,8 @@ fn main() {
     let at = first_cose.len() - 64 - 3 - 40; // inside the payload, before the signature
     flipped_payload[at] ^= 1;
     bad.push(("payload-altered", flipped_payload));
-    bad.push(("other-key", sign_raw(&other_seed, &protected(7), &payload)));
-    bad.push(("alg-es384", sign_raw(&seed, &protected(34), &payload)));
+    bad.push(("other-key", sign_raw(&other_seed, &header(-8), &payload)));
+    bad.push(("alg-es384", sign_raw(&seed, &header(-35), &payload)));
     let mut no_ct = Vec::new();
     write_head(&mut no_ct, 5, 1);
     write_head(&mut no_ct, 0, 1);
@@ -220,26 +205,20 @@ fn main() {
     reordered.extend_from_slice(&payload[1..4]); // "v": 1 moved last
     bad.push((
         "payload-not-canonical",
-        sign_raw(&seed, &protected(7), &reordered),
+        sign_raw(&seed, &header(-8), &reordered),
     ));
     let mut extra = payload.clone();
     extra[0] += 1;
     write_text(&mut extra, "note");
     write_text(&mut extra, "x");
-    bad.push((
-        "payload-unknown-key",
-        sign_raw(&seed, &protected(7), &extra),
-    ));
+    bad.push(("payload-unknown-key", sign_raw(&seed, &header(-8), &extra)));
     let mut dup = payload.clone();
     dup[0] += 1;
     dup.extend_from_slice(&payload[1..4]);
-    bad.push((
-        "payload-duplicate-key",
-        sign_raw(&seed, &protected(7), &dup),
-    ));
+    bad.push(("payload-duplicate-key", sign_raw(&seed, &header(-8), &dup)));
     let mut v2 = payload.clone();
     v2[3] = 2;
-    bad.push(("payload-version-2", sign_raw(&seed, &protected(7), &v2)));
+    bad.push(("payload-version-2", sign_raw(&seed, &header(-8), &v2)));
     let mut missing = Vec::new();
     write_head(&mut missing, 5, 11);
     missing.extend_from_slice(&payload[1..]);
@@ -251,7 +230,7 @@ fn main() {
         m.extend_from_slice(&missing[i + 4 + 34..]);
         m
     };
-    bad.push(("payload-missing-ans", sign_raw(&seed, &protected(7), &cut)));
+    bad.push(("payload-missing-ans", sign_raw(&seed, &header(-8), &cut)));
     for (name, cose) in bad {
         cases.push(
             json!({"name": name, "cose": h(&cose), "context": ctx1, "expect": "bad_receipt"}),

@@ -26,7 +26,9 @@ use confidant_verifier::signature::sig_structure;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use zeroize::Zeroizing;
 
+use crate::cose;
 use crate::error::ProtocolError;
+use crate::fields::Fields;
 use crate::message::Finish;
 use crate::time::UnixMillis;
 use crate::user_data::{sha256, UserData};
@@ -66,6 +68,8 @@ pub struct Receipt {
 fn bad(detail: impl Into<String>) -> ProtocolError {
     ProtocolError::BadReceipt(detail.into())
 }
+
+const F: Fields = Fields(ProtocolError::BadReceipt);
 
 impl Receipt {
     /// The canonical CBOR payload.
@@ -115,7 +119,7 @@ impl Receipt {
                 ))
             }
         };
-        let mut f = Fields::default();
+        let mut f = Slots::default();
         for _ in 0..n {
             let key = match r.read().map_err(bad)? {
                 Item::Text(k) => k,
@@ -123,19 +127,19 @@ impl Receipt {
             };
             let value = r.read().map_err(bad)?;
             match key {
-                "v" => set(&mut f.v, key, uint(key, value)?)?,
-                "doc" => set(&mut f.doc, key, digest(key, value)?)?,
-                "req" => set(&mut f.req, key, digest(key, value)?)?,
-                "q" => set(&mut f.q, key, digest(key, value)?)?,
-                "ans" => set(&mut f.ans, key, digest(key, value)?)?,
-                "model" => set(&mut f.model, key, digest(key, value)?)?,
-                "settings" => set(&mut f.settings, key, digest(key, value)?)?,
-                "dtype" => set(&mut f.dtype, key, text(key, value)?)?,
-                "pt" => set(&mut f.pt, key, uint(key, value)?)?,
-                "gt" => set(&mut f.gt, key, uint(key, value)?)?,
-                "finish" => set(&mut f.finish, key, finish(value)?)?,
-                "time" => set(&mut f.time, key, uint(key, value)?)?,
-                "prev" => set(&mut f.prev, key, digest(key, value)?)?,
+                "v" => F.set(&mut f.v, key, F.uint(key, value)?)?,
+                "doc" => F.set(&mut f.doc, key, F.bytes(key, value)?)?,
+                "req" => F.set(&mut f.req, key, F.bytes(key, value)?)?,
+                "q" => F.set(&mut f.q, key, F.bytes(key, value)?)?,
+                "ans" => F.set(&mut f.ans, key, F.bytes(key, value)?)?,
+                "model" => F.set(&mut f.model, key, F.bytes(key, value)?)?,
+                "settings" => F.set(&mut f.settings, key, F.bytes(key, value)?)?,
+                "dtype" => F.set(&mut f.dtype, key, text(key, value)?)?,
+                "pt" => F.set(&mut f.pt, key, F.uint(key, value)?)?,
+                "gt" => F.set(&mut f.gt, key, F.uint(key, value)?)?,
+                "finish" => F.set(&mut f.finish, key, finish(value)?)?,
+                "time" => F.set(&mut f.time, key, F.uint(key, value)?)?,
+                "prev" => F.set(&mut f.prev, key, F.bytes(key, value)?)?,
                 _ => return Err(bad("the payload has an unknown key")),
             }
         }
@@ -248,7 +252,7 @@ pub struct Expected<'a> {
 }
 
 #[derive(Default)]
-struct Fields {
+struct Slots {
     v: Option<u64>,
     doc: Option<[u8; 32]>,
     req: Option<[u8; 32]>,
@@ -262,29 +266,6 @@ struct Fields {
     finish: Option<Finish>,
     time: Option<u64>,
     prev: Option<[u8; 32]>,
-}
-
-fn set<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), ProtocolError> {
-    if slot.replace(value).is_some() {
-        return Err(bad(format!("duplicate key `{key}`")));
-    }
-    Ok(())
-}
-
-fn digest(key: &str, value: Item<'_>) -> Result<[u8; 32], ProtocolError> {
-    match value {
-        Item::Bytes(b) => b
-            .try_into()
-            .map_err(|_| bad(format!("`{key}` must be 32 bytes"))),
-        _ => Err(bad(format!("`{key}` must be bytes"))),
-    }
-}
-
-fn uint(key: &str, value: Item<'_>) -> Result<u64, ProtocolError> {
-    match value {
-        Item::Uint(n) => Ok(n),
-        _ => Err(bad(format!("`{key}` must be an unsigned integer"))),
-    }
 }
 
 fn text(key: &str, value: Item<'_>) -> Result<String, ProtocolError> {
@@ -305,13 +286,7 @@ fn finish(value: Item<'_>) -> Result<Finish, ProtocolError> {
 
 /// The protected header: `{1: -8 (EdDSA), 3: CONTENT_TYPE}`.
 fn protected() -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    write_head(&mut p, 5, 2);
-    write_head(&mut p, 0, 1);
-    write_head(&mut p, 1, 7); // -8
-    write_head(&mut p, 0, 3);
-    write_text(&mut p, CONTENT_TYPE);
-    p
+    cose::protected(-8, CONTENT_TYPE)
 }
 
 /// The enclave's receipt key: made at boot, its public half attested as `rk`.
@@ -347,13 +322,7 @@ impl ReceiptSigner {
         let protected = protected();
         let payload = receipt.encode();
         let signature = self.0.sign(&sig_structure(&protected, &payload));
-        let mut out = Vec::with_capacity(payload.len() + 128);
-        write_head(&mut out, 4, 4);
-        write_bytes(&mut out, &protected);
-        write_head(&mut out, 5, 0);
-        write_bytes(&mut out, &payload);
-        write_bytes(&mut out, signature.as_ref());
-        out
+        cose::encode(&protected, &payload, signature.as_ref())
     }
 }
 
@@ -378,37 +347,18 @@ pub fn open(cose: &[u8], public_key: &[u8; 32]) -> Result<Receipt, ProtocolError
     if cose.len() > MAX_LEN {
         return Err(bad("longer than any receipt"));
     }
-    let mut r = Reader::new(cose);
-    if !matches!(r.read().map_err(bad)?, Item::Array(Some(4))) {
-        return Err(bad("not a COSE_Sign1 array of 4"));
-    }
-    let protected_bytes = match r.read().map_err(bad)? {
-        Item::Bytes(b) => b,
-        _ => return Err(bad("the protected header must be bytes")),
-    };
-    if protected_bytes != protected().as_slice() {
-        return Err(bad(
-            "the protected header is not EdDSA with the receipt content type",
-        ));
-    }
-    if !matches!(r.read().map_err(bad)?, Item::Map(Some(0))) {
-        return Err(bad("the unprotected header must be empty"));
-    }
-    let payload = match r.read().map_err(bad)? {
-        Item::Bytes(b) => b,
-        _ => return Err(bad("the payload must be bytes")),
-    };
-    let signature = match r.read().map_err(bad)? {
-        Item::Bytes(b) if b.len() == 64 => b,
-        _ => return Err(bad("the signature must be 64 bytes")),
-    };
-    if r.remaining() != 0 {
-        return Err(bad("trailing bytes after the COSE_Sign1"));
+    let parts =
+        cose::parse(cose, &protected(), "EdDSA with the receipt content type").map_err(bad)?;
+    if parts.signature.len() != 64 {
+        return Err(bad("the signature must be 64 bytes"));
     }
     UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(&sig_structure(protected_bytes, payload), signature)
+        .verify(
+            &sig_structure(parts.protected, parts.payload),
+            parts.signature,
+        )
         .map_err(|_| bad("the signature does not verify under the attested receipt key"))?;
-    Receipt::decode(payload)
+    Receipt::decode(parts.payload)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@
 use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
 use confidant_verifier::signature::{sig_structure, verify_es384};
 
+use crate::cose;
 use crate::error::ProtocolError;
+use crate::fields::Fields;
 use crate::time::UnixMillis;
 
 /// Payload version carried in `v`.
@@ -50,6 +52,8 @@ pub struct Manifest {
 fn bad(detail: impl Into<String>) -> ProtocolError {
     ProtocolError::MalformedManifest(detail.into())
 }
+
+const F: Fields = Fields(ProtocolError::MalformedManifest);
 
 impl Manifest {
     /// The canonical CBOR body.
@@ -95,29 +99,16 @@ impl Manifest {
                 Item::Text(k) => k,
                 _ => return Err(bad("body keys must be text")),
             };
-            let uint = |item: Item<'_>| match item {
-                Item::Uint(n) => Ok(n),
-                _ => Err(bad(format!("`{key}` must be an unsigned integer"))),
-            };
-            let digest = |item: Item<'_>| match item {
-                Item::Bytes(b) => {
-                    <[u8; 32]>::try_from(b).map_err(|_| bad(format!("`{key}` must be 32 bytes")))
-                }
-                _ => Err(bad(format!("`{key}` must be bytes"))),
-            };
             let value = r.read().map_err(bad)?;
-            let fresh = match key {
-                "v" => v.replace(uint(value)?).is_none(),
-                "version" => version.replace(uint(value)?).is_none(),
-                "nbf" => nbf.replace(uint(value)?).is_none(),
-                "exp" => exp.replace(uint(value)?).is_none(),
-                "model" => model.replace(digest(value)?).is_none(),
-                "settings" => settings.replace(digest(value)?).is_none(),
-                "pcrs" => pcrs.replace(tuples(&mut r, value)?).is_none(),
+            match key {
+                "v" => F.set(&mut v, key, F.uint(key, value)?)?,
+                "version" => F.set(&mut version, key, F.uint(key, value)?)?,
+                "nbf" => F.set(&mut nbf, key, F.uint(key, value)?)?,
+                "exp" => F.set(&mut exp, key, F.uint(key, value)?)?,
+                "model" => F.set(&mut model, key, F.bytes(key, value)?)?,
+                "settings" => F.set(&mut settings, key, F.bytes(key, value)?)?,
+                "pcrs" => F.set(&mut pcrs, key, tuples(&mut r, value)?)?,
                 _ => return Err(bad("the body has an unknown key")),
-            };
-            if !fresh {
-                return Err(bad(format!("duplicate key `{key}`")));
             }
         }
         if r.remaining() != 0 {
@@ -175,24 +166,12 @@ fn tuples(r: &mut Reader<'_>, value: Item<'_>) -> Result<Vec<PcrTuple>, Protocol
 
 /// `{1: -35 (ES384), 3: CONTENT_TYPE}`.
 pub fn protected() -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    write_head(&mut p, 5, 2);
-    write_head(&mut p, 0, 1);
-    write_head(&mut p, 1, 34); // -35
-    write_head(&mut p, 0, 3);
-    write_text(&mut p, CONTENT_TYPE);
-    p
+    cose::protected(-35, CONTENT_TYPE)
 }
 
 /// The COSE_Sign1 of a signed manifest.
 pub fn assemble(protected: &[u8], body: &[u8], signature: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 160);
-    write_head(&mut out, 4, 4);
-    write_bytes(&mut out, protected);
-    write_head(&mut out, 5, 0);
-    write_bytes(&mut out, body);
-    write_bytes(&mut out, signature);
-    out
+    cose::encode(protected, body, signature)
 }
 
 /// Decodes a manifest strictly and verifies it under `release_key` (an uncompressed SEC1 P-384
@@ -201,40 +180,16 @@ pub fn open(cose: &[u8], release_key: &[u8]) -> Result<Manifest, ProtocolError> 
     if cose.len() > MAX_LEN {
         return Err(bad("longer than any manifest"));
     }
-    let mut r = Reader::new(cose);
-    if !matches!(r.read().map_err(bad)?, Item::Array(Some(4))) {
-        return Err(bad("not a COSE_Sign1 array of 4"));
-    }
-    let protected_bytes = match r.read().map_err(bad)? {
-        Item::Bytes(b) if b == protected().as_slice() => b,
-        _ => {
-            return Err(bad(
-                "the protected header is not ES384 with the release content type",
-            ))
-        }
-    };
-    if !matches!(r.read().map_err(bad)?, Item::Map(Some(0))) {
-        return Err(bad("the unprotected header must be empty"));
-    }
-    let body = match r.read().map_err(bad)? {
-        Item::Bytes(b) => b,
-        _ => return Err(bad("the payload must be bytes")),
-    };
-    let signature = match r.read().map_err(bad)? {
-        Item::Bytes(b) => b,
-        _ => return Err(bad("the signature must be bytes")),
-    };
-    if r.remaining() != 0 {
-        return Err(bad("trailing bytes after the COSE_Sign1"));
-    }
+    let parts =
+        cose::parse(cose, &protected(), "ES384 with the release content type").map_err(bad)?;
     if !verify_es384(
         release_key,
-        &sig_structure(protected_bytes, body),
-        signature,
+        &sig_structure(parts.protected, parts.payload),
+        parts.signature,
     ) {
         return Err(ProtocolError::ReleaseSignature);
     }
-    Manifest::decode(body)
+    Manifest::decode(parts.payload)
 }
 
 /// What the attested enclave is, for holding it to manifests.

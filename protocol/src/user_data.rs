@@ -16,6 +16,7 @@ use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader
 use sha2::{Digest, Sha256};
 
 use crate::error::ProtocolError;
+use crate::fields::Fields;
 use crate::time::UnixMillis;
 
 /// Protocol version carried in `v`.
@@ -121,15 +122,15 @@ impl UserData {
             };
             let value = r.read().map_err(bad)?;
             match key {
-                "v" => set(&mut v, key, number(key, value)?)?,
-                "kc" => set(&mut d.kc, key, digest(key, value)?)?,
-                "model" => set(&mut d.model, key, digest(key, value)?)?,
-                "settings" => set(&mut d.settings, key, digest(key, value)?)?,
-                "dtype" => set(&mut d.dtype, key, dtype(value)?)?,
-                "limits" => set(&mut d.limits, key, limits(&mut r, value)?)?,
-                "exp" => set(&mut d.exp, key, number(key, value)?)?,
-                "id" => set(&mut d.id, key, instance(value)?)?,
-                "rk" => set(&mut d.rk, key, digest(key, value)?)?,
+                "v" => F.set(&mut v, key, F.uint(key, value)?)?,
+                "kc" => F.set(&mut d.kc, key, F.bytes(key, value)?)?,
+                "model" => F.set(&mut d.model, key, F.bytes(key, value)?)?,
+                "settings" => F.set(&mut d.settings, key, F.bytes(key, value)?)?,
+                "dtype" => F.set(&mut d.dtype, key, dtype(value)?)?,
+                "limits" => F.set(&mut d.limits, key, limits(&mut r, value)?)?,
+                "exp" => F.set(&mut d.exp, key, F.uint(key, value)?)?,
+                "id" => F.set(&mut d.id, key, instance(value)?)?,
+                "rk" => F.set(&mut d.rk, key, F.bytes(key, value)?)?,
                 other => return Err(bad(format!("unknown key `{}`", other.escape_debug()))),
             }
         }
@@ -169,24 +170,7 @@ fn bad(detail: String) -> ProtocolError {
     ProtocolError::MalformedUserData(detail)
 }
 
-fn set<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), ProtocolError> {
-    if slot.replace(value).is_some() {
-        return Err(bad(format!("duplicate key `{key}`")));
-    }
-    Ok(())
-}
-
-fn digest(key: &str, value: Item<'_>) -> Result<[u8; 32], ProtocolError> {
-    match value {
-        Item::Bytes(b) => b
-            .try_into()
-            .map_err(|_| bad(format!("`{key}` must be 32 bytes, is {}", b.len()))),
-        other => Err(bad(format!(
-            "`{key}` must be bytes, found {}",
-            other.kind()
-        ))),
-    }
-}
+const F: Fields = Fields(ProtocolError::MalformedUserData);
 
 fn instance(value: Item<'_>) -> Result<[u8; 16], ProtocolError> {
     match value {
@@ -194,16 +178,6 @@ fn instance(value: Item<'_>) -> Result<[u8; 16], ProtocolError> {
             .try_into()
             .map_err(|_| bad(format!("`id` must be 16 bytes, is {}", b.len()))),
         other => Err(bad(format!("`id` must be bytes, found {}", other.kind()))),
-    }
-}
-
-fn number(key: &str, value: Item<'_>) -> Result<u64, ProtocolError> {
-    match value {
-        Item::Uint(n) => Ok(n),
-        other => Err(bad(format!(
-            "`{key}` must be an unsigned integer, found {}",
-            other.kind()
-        ))),
     }
 }
 
@@ -231,11 +205,11 @@ fn limits(r: &mut Reader<'_>, value: Item<'_>) -> Result<Limits, ProtocolError> 
             Item::Text(k) => k,
             _ => return Err(bad("`limits` keys must be text".into())),
         };
-        let n = number(key, r.read().map_err(bad)?)?;
+        let n = F.uint(key, r.read().map_err(bad)?)?;
         let n = u32::try_from(n).map_err(|_| bad(format!("`{key}` is out of range")))?;
         match key {
-            "ctx" => set(&mut ctx, key, n)?,
-            "out" => set(&mut out, key, n)?,
+            "ctx" => F.set(&mut ctx, key, n)?,
+            "out" => F.set(&mut out, key, n)?,
             _ => return Err(bad("`limits` has an unknown key".into())),
         }
     }
