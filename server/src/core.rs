@@ -7,7 +7,9 @@
 //! idle or dripping peer cannot hold a stream. Logs carry counts, timings and codes, never prompts,
 //! answers or keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
 
 use chacha20::ChaCha20Rng;
 use confidant_nsm::Nsm;
@@ -146,6 +148,10 @@ pub struct Core {
     instance: [u8; 16],
     /// Signs every answer's receipt; made at boot, its public key attested as `rk`.
     receipts: ReceiptSigner,
+    /// When each shaped answer's next chunk is due, earliest first (stale entries are skipped).
+    schedule: BinaryHeap<Reverse<(UnixMillis, StreamId)>>,
+    /// When deadlines, expired sessions and key rotation are next checked.
+    next_upkeep: UnixMillis,
     out: VecDeque<Output>,
     stats: Stats,
     engine: EngineStatus,
@@ -184,6 +190,8 @@ impl Core {
         Core {
             instance,
             receipts: ReceiptSigner::from_seed(seed),
+            schedule: BinaryHeap::new(),
+            next_upkeep: now,
             sessions: SessionTable::new(config.max_sessions),
             config,
             identity,
@@ -310,6 +318,11 @@ impl Core {
     /// state), key rotation.
     pub fn handle_timeout(&mut self, now: UnixMillis) {
         self.pace(now);
+        // Shaped answers call in every cadence; the rest is upkeep, once a second is enough.
+        if now < self.next_upkeep {
+            return;
+        }
+        self.next_upkeep = now.saturating_add(UPKEEP);
         let (first, frame) = (self.config.first_frame_timeout, self.config.frame_timeout);
         let late: Vec<StreamId> = self
             .streams
@@ -362,21 +375,8 @@ impl Core {
                     p.pending.extend_from_slice(text.as_bytes());
                     return;
                 }
-                let mut sealed = Vec::with_capacity(text.len() + 32);
-                if answer.sealer.seal(text.as_bytes(), &mut sealed).is_err() {
-                    self.fail(
-                        stream,
-                        Refusal::new(Code::Internal, "the answer is too long"),
-                    );
-                    return;
-                }
-                self.transmit(
-                    stream,
-                    &Frame::Chunk {
-                        last: false,
-                        sealed,
-                    },
-                );
+                let chunk = data_chunk(&mut answer.sealer, text.as_bytes());
+                self.send_chunk(stream, chunk);
             }
             InferenceEvent::Done {
                 finish,
@@ -825,6 +825,9 @@ impl Core {
             last: None,
             tokens: 0,
         });
+        if let Some(p) = &pacing {
+            self.schedule.push(Reverse((p.next, stream)));
+        }
         if let Some(s) = self.streams.get_mut(&stream) {
             s.state = StreamState::Answering(Box::new(Answer {
                 job,
@@ -894,23 +897,18 @@ impl Core {
     /// final chunk once the model is done, the text is out, and the count reaches its bucket.
     fn pace(&mut self, now: UnixMillis) {
         let cadence = self.config.shape_cadence;
-        let due: Vec<StreamId> = self
-            .streams
-            .iter()
-            .filter_map(|(id, s)| match &s.state {
-                StreamState::Answering(a) => {
-                    a.pacing.as_ref().filter(|p| p.next <= now).map(|_| *id)
-                }
-                _ => None,
-            })
-            .collect();
-        for stream in due {
+        while let Some(&Reverse((at, stream))) = self.schedule.peek() {
+            if at > now {
+                break;
+            }
+            self.schedule.pop();
+            // An entry of a stream that has ended, or whose answer was rescheduled, is stale.
             let Some(StreamState::Answering(answer)) =
                 self.streams.get_mut(&stream).map(|s| &mut s.state)
             else {
                 continue;
             };
-            let Some(p) = answer.pacing.as_mut() else {
+            let Some(p) = answer.pacing.as_mut().filter(|p| p.next == at) else {
                 continue;
             };
             let count = p.sent + 1;
@@ -926,38 +924,28 @@ impl Core {
             if p.next <= now {
                 p.next = now.saturating_add(cadence);
             }
-            let mut sealed = Vec::with_capacity(shape::DATA_CHUNK + 16);
-            if answer
-                .sealer
-                .seal(&shape::encode_data(&text), &mut sealed)
-                .is_err()
-            {
-                self.fail(
-                    stream,
-                    Refusal::new(Code::Internal, "the answer is too long"),
-                );
-                continue;
-            }
-            self.transmit(
+            self.schedule.push(Reverse((p.next, stream)));
+            let chunk = data_chunk(&mut answer.sealer, &shape::encode_data(&text));
+            self.send_chunk(stream, chunk);
+        }
+    }
+
+    /// Sends a non-final chunk, or fails the stream when its sealer ran out of chunks.
+    fn send_chunk(&mut self, stream: StreamId, chunk: Option<Frame>) {
+        match chunk {
+            Some(frame) => self.transmit(stream, &frame),
+            None => self.fail(
                 stream,
-                &Frame::Chunk {
-                    last: false,
-                    sealed,
-                },
-            );
+                Refusal::new(Code::Internal, "the answer is too long"),
+            ),
         }
     }
 
     /// When the core next needs [`Core::handle_timeout`] for a shaped answer's chunk (the shell
     /// also calls it on its own tick for deadlines and upkeep).
     pub fn poll_timeout(&self) -> Option<UnixMillis> {
-        self.streams
-            .values()
-            .filter_map(|s| match &s.state {
-                StreamState::Answering(a) => a.pacing.as_ref().map(|p| p.next),
-                _ => None,
-            })
-            .min()
+        // A stale entry only wakes the shell early once.
+        self.schedule.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Ends `job`'s answer on `stream`, returning it.
@@ -1026,4 +1014,17 @@ impl Core {
             self.out.push_back(Output::Forget(c));
         }
     }
+}
+
+/// How often [`Core::handle_timeout`] checks deadlines, sessions and keys (the enclave shell's tick).
+const UPKEEP: Duration = Duration::from_secs(1);
+
+/// A non-final chunk sealing `plaintext`; `None` when the sealer has no chunk left.
+fn data_chunk(sealer: &mut ChunkSealer, plaintext: &[u8]) -> Option<Frame> {
+    let mut sealed = Vec::with_capacity(plaintext.len() + 32);
+    sealer.seal(plaintext, &mut sealed).ok()?;
+    Some(Frame::Chunk {
+        last: false,
+        sealed,
+    })
 }
