@@ -114,12 +114,18 @@ impl Client {
     /// With a release key pinned, holds the enclave to the manifests the relay serves and raises this
     /// relay's high-water mark (kept even with `--fresh`, so no run can roll back).
     async fn admitted(&self, mut attested: Attested) -> Result<Attested, RemoteError> {
-        let Some(key) = &self.trust.release_key else {
+        if self.trust.release_key.is_none() && self.trust.release_sigstore.is_none() {
             return Ok(attested);
-        };
+        }
         let manifests = remote::fetch_manifests(&self.relay).await?;
         let high_water = cache::release_high_water(&self.relay_name);
-        let version = remote::admit_release(&attested, &manifests, key, high_water)?;
+        let version = remote::admit_release(
+            &attested,
+            &manifests,
+            self.trust.release_key.as_deref(),
+            self.trust.release_sigstore.as_ref(),
+            high_water,
+        )?;
         cache::raise_release_high_water(&self.relay_name, version);
         attested.release = Some(version);
         Ok(attested)

@@ -13,6 +13,8 @@
 //! settings_digest = "…64 hex digits…"
 //! dtype = "int8"
 //! release_key = "04…194 hex digits…"  # instead of [pcrs]: the operator's signed releases
+//! release_sigstore_root = "trusted_root.json"  # releases signed through Sigstore: the log's root
+//! release_sigstore_key = "cosign.pub"           # and the operator's cosign key
 //! max_age_secs = 60
 //! connect_timeout_secs = 5
 //! timeout_secs = 120
@@ -45,6 +47,8 @@ pub struct ConfigFile {
     pub settings_digest: Option<String>,
     pub dtype: Option<String>,
     pub release_key: Option<String>,
+    pub release_sigstore_root: Option<PathBuf>,
+    pub release_sigstore_key: Option<PathBuf>,
     pub max_age_secs: Option<u64>,
     pub connect_timeout_secs: Option<u64>,
     pub timeout_secs: Option<u64>,
@@ -83,6 +87,8 @@ impl ConfigFile {
         };
         file.relay_ca.as_mut().map(resolve);
         file.policy.as_mut().map(resolve);
+        file.release_sigstore_root.as_mut().map(resolve);
+        file.release_sigstore_key.as_mut().map(resolve);
         file.roots.iter_mut().for_each(resolve);
         Ok((Some(path), file))
     }

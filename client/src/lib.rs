@@ -14,6 +14,7 @@ pub mod quic;
 pub mod receipts;
 pub mod remote;
 pub mod roots;
+pub mod sigstore;
 pub mod trust;
 
 pub use client::Client;

@@ -100,6 +100,7 @@ impl RemoteError {
                     | ProtocolError::ReleasePcrs { .. }
                     | ProtocolError::ReleaseMismatch { .. }
                     | ProtocolError::ReleaseRollback { .. }
+                    | ProtocolError::ReleaseSigstore(_)
             ),
             _ => false,
         }
@@ -237,12 +238,14 @@ pub async fn fetch_manifests(relay: &Relay) -> Result<Vec<Vec<u8>>, RemoteError>
     }
 }
 
-/// Holds `attested` to the manifests under `release_key`: its PCR0/1/2 listed in a valid manifest
-/// that states its model and settings, of a release not below `high_water`. Returns the version.
+/// Holds `attested` to the manifests under the pinned release key (COSE) or Sigstore key: its
+/// PCR0/1/2 listed in a valid manifest that states its model and settings, of a release not below
+/// `high_water`. Returns the version.
 pub fn admit_release(
     attested: &Attested,
     manifests: &[Vec<u8>],
-    release_key: &[u8],
+    release_key: Option<&[u8]>,
+    sigstore: Option<&crate::sigstore::SigstorePin>,
     high_water: u64,
 ) -> Result<u64, RemoteError> {
     let doc = attested.verified.doc();
@@ -258,9 +261,10 @@ pub fn admit_release(
         slot.copy_from_slice(v);
     }
     let u = &attested.recipient.user_data;
-    let m = release::admit(
-        manifests,
-        release_key,
+    let m = release::choose(
+        manifests
+            .iter()
+            .map(|item| crate::sigstore::open_item(item, release_key, sigstore)),
         &release::Measured {
             pcrs: &pcrs,
             model: &u.model,

@@ -30,6 +30,10 @@ pub struct TrustConfig {
     /// The operator's release key (hex of the P-384 point): admit an enclave whose PCR0/1/2 a valid
     /// manifest signed by it lists, instead of (or as well as) pinned PCRs.
     pub release_key: Option<String>,
+    /// A Sigstore trusted root (JSON) and the operator's cosign public key (PEM): admit an enclave
+    /// listed in a manifest that key signed through Sigstore, logged in the root's log.
+    pub release_sigstore_root: Option<PathBuf>,
+    pub release_sigstore_key: Option<PathBuf>,
     /// Maximum age of a fetched document, seconds; also bounds how old a cached one may be.
     pub max_age: Option<u64>,
     pub allow_debug: bool,
@@ -48,6 +52,8 @@ pub struct Trust {
     pub dtype: Option<String>,
     /// The release key manifests must verify under (an uncompressed P-384 point, 97 bytes).
     pub release_key: Option<Vec<u8>>,
+    /// The trusted root and key Sigstore-signed manifests are checked against, if pinned.
+    pub release_sigstore: Option<crate::sigstore::SigstorePin>,
     /// What is pinned, for the user to see ("PCR0", "settings digest", …); empty only when unpinned
     /// runs were explicitly allowed.
     pub pins: Vec<String>,
@@ -155,9 +161,31 @@ impl Trust {
         if release_key.is_some() {
             pins.push("release key".into());
         }
+        let sigstore_root = config
+            .release_sigstore_root
+            .as_ref()
+            .or(config.file.release_sigstore_root.as_ref());
+        let sigstore_key = config
+            .release_sigstore_key
+            .as_ref()
+            .or(config.file.release_sigstore_key.as_ref());
+        let release_sigstore =
+            match (sigstore_root, sigstore_key) {
+                (Some(root), Some(key)) => Some(crate::sigstore::SigstorePin::load(root, key)?),
+                (None, None) => None,
+                _ => return Err(SetupError::Invalid(
+                    "--release-sigstore-root and --release-sigstore-key go together: the log's \
+                     trusted root and the key that signed the releases"
+                        .into(),
+                )),
+            };
+        if release_sigstore.is_some() {
+            pins.push("Sigstore release key".into());
+        }
         let workload = policy.pcrs().contains_key(&0)
             || policy.pcrs().contains_key(&8)
-            || release_key.is_some();
+            || release_key.is_some()
+            || release_sigstore.is_some();
         if !workload && !config.allow_unpinned {
             return Err(SetupError::Invalid(UNPINNED.into()));
         }
@@ -180,6 +208,7 @@ impl Trust {
         Ok(Trust {
             dtype,
             release_key,
+            release_sigstore,
             verifier,
             policy,
             pins: if workload { pins } else { Vec::new() },

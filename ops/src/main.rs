@@ -54,6 +54,9 @@ enum Command {
     /// Sign a release manifest: the images (PCR0,PCR1,PCR2 tuples) a release admits, its model and
     /// settings digests, its version and validity.
     ReleaseSign(release::SignArgs),
+    /// Join a manifest body (release-sign --body-out) and the Sigstore bundle cosign made for it
+    /// into the file the relay serves.
+    ReleasePack(release::PackArgs),
     /// Make a development CA (root, intermediate) for an enclave with the emulated NSM. Its root says
     /// it is not AWS; clients trust it only when given it with --root.
     DevCa {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::EncryptWeights(args) => encrypt_weights::run(args),
         Command::ReleaseKey(args) => release::key(args).map(|()| 0),
         Command::ReleaseSign(args) => release::sign(args).map(|()| 0),
+        Command::ReleasePack(args) => release::pack(args).map(|()| 0),
         Command::KmsPolicy {
             pcrs,
             account,

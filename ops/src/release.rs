@@ -6,6 +6,10 @@
 //! `Sig_structure` to sign, `aws kms sign --message-type RAW --signing-algorithm ECDSA_SHA_384`
 //! signs it (KMS hashes it with SHA-384, as ES384 does), and `release-sign --kms-signature`
 //! assembles the manifest from the DER signature KMS returns.
+//!
+//! A release can also be signed through Sigstore, so that it is public in the Rekor log:
+//! `release-sign --body-out` writes the manifest's body, `cosign sign-blob --key … --bundle` signs
+//! and logs it, and `release-pack` puts the body and the bundle into the one file the relay serves.
 
 use std::path::PathBuf;
 
@@ -46,12 +50,16 @@ pub struct SignArgs {
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     days: u64,
     /// The release key (PKCS#8, from release-key).
-    #[arg(long, value_name = "FILE", required_unless_present_any = ["tbs_out", "kms_signature"])]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["tbs_out", "kms_signature", "body_out"])]
     key: Option<PathBuf>,
     /// Write the bytes to sign (the COSE Sig_structure, at most 4096 bytes as KMS takes a RAW
     /// message) for a key in KMS, and stop. Give the same flags, and --not-before, when assembling.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "kms_signature"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "kms_signature", "body_out"])]
     tbs_out: Option<PathBuf>,
+    /// Write the manifest's body (canonical CBOR, unsigned) for `cosign sign-blob`, and stop; then
+    /// `release-pack` joins it with cosign's bundle.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "kms_signature"])]
+    body_out: Option<PathBuf>,
     /// The DER ECDSA signature KMS returned over those bytes (`aws kms sign … --output text --query
     /// Signature | base64 -d`); the body is rebuilt from the same flags.
     #[arg(long, value_name = "FILE", conflicts_with = "key")]
@@ -62,6 +70,19 @@ pub struct SignArgs {
     /// Where to write the manifest (COSE_Sign1).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PackArgs {
+    /// The manifest's body, from `release-sign --body-out`.
+    #[arg(long, value_name = "FILE")]
+    manifest: PathBuf,
+    /// The Sigstore bundle `cosign sign-blob --bundle` wrote for it (JSON).
+    #[arg(long, value_name = "FILE")]
+    bundle: PathBuf,
+    /// Where to write the file the relay serves (`--release-manifest`).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 /// The largest message KMS signs as RAW (it hashes it itself).
@@ -163,6 +184,17 @@ pub fn sign(args: SignArgs) -> Result<(), String> {
     let m = manifest(&args)?;
     let (protected, body) = m.to_be_signed();
     let tbs = sig_structure(&protected, &body);
+    if let Some(path) = &args.body_out {
+        std::fs::write(path, &body).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!(
+            "wrote release {}'s body to {}; sign it with `cosign sign-blob --key … --bundle \
+             BUNDLE {}`, then run release-pack",
+            m.version,
+            path.display(),
+            path.display()
+        );
+        return Ok(());
+    }
     if let Some(path) = &args.tbs_out {
         if tbs.len() > KMS_RAW_MAX {
             return Err(format!(
@@ -213,6 +245,36 @@ pub fn sign(args: SignArgs) -> Result<(), String> {
         m.not_before.to_rfc3339(),
         m.expires.to_rfc3339(),
         out.display()
+    );
+    Ok(())
+}
+
+/// Joins a manifest body and its Sigstore bundle into the relay's file, after checking that the
+/// body is a manifest and the bundle JSON. The bundle's signature is the client's to check (against
+/// its trusted root); `cosign verify-blob` checks it here.
+pub fn pack(args: PackArgs) -> Result<(), String> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let body = read(&args.manifest)?;
+    let m = Manifest::decode(&body).map_err(|e| format!("--manifest: {e}"))?;
+    let bundle = String::from_utf8(read(&args.bundle)?)
+        .map_err(|_| "--bundle: not UTF-8 JSON".to_string())?;
+    match serde_json::from_str::<serde_json::Value>(&bundle) {
+        Ok(v) if v.get("mediaType").is_some() => {}
+        _ => return Err("--bundle: not a Sigstore bundle (JSON with a mediaType)".into()),
+    }
+    let packed = release::pack_sigstore(&body, &bundle);
+    if packed.len() > release::MAX_LEN {
+        return Err(format!(
+            "the packed manifest is {} bytes, over the {} a client reads: list fewer images",
+            packed.len(),
+            release::MAX_LEN
+        ));
+    }
+    std::fs::write(&args.out, &packed).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    eprintln!(
+        "wrote release {} (Sigstore-signed) to {}",
+        m.version,
+        args.out.display()
     );
     Ok(())
 }

@@ -77,6 +77,7 @@ errors! {
         ReleasePcrs = "release_pcrs": "the enclave's PCR0/1/2 tuple is in no valid release manifest";
         ReleaseMismatch = "release_mismatch": "the release manifest's model or settings digest differs from the attested one";
         ReleaseRollback = "release_rollback": "the enclave's release is older than one this client already accepted from this relay";
+        ReleaseSigstore = "release_sigstore": "a Sigstore-signed release manifest does not verify against the trusted root and the pinned release key";
     }
     "requests" {
         UnknownKeyId = "unknown_key_id": "the request names a key the enclave does not hold (re-attest)";

@@ -58,6 +58,9 @@ pub enum ProtocolError {
     ReleaseMismatch { version: u64 },
     #[error("the enclave runs release {version}, older than release {high_water} already accepted from this relay (rollback)")]
     ReleaseRollback { version: u64, high_water: u64 },
+    /// Public data only: what in the bundle, the log entry or the trusted root failed.
+    #[error("Sigstore-signed release manifest refused: {0}")]
+    ReleaseSigstore(String),
 
     // Requests.
     #[error("request names key id {0}, which this enclave does not hold")]
@@ -118,6 +121,7 @@ impl ProtocolError {
             ProtocolError::ReleasePcrs { .. } => Code::ReleasePcrs,
             ProtocolError::ReleaseMismatch { .. } => Code::ReleaseMismatch,
             ProtocolError::ReleaseRollback { .. } => Code::ReleaseRollback,
+            ProtocolError::ReleaseSigstore(_) => Code::ReleaseSigstore,
             ProtocolError::UnknownKeyId(_) => Code::UnknownKeyId,
             ProtocolError::SuiteMismatch { .. } => Code::SuiteMismatch,
             ProtocolError::UnknownAttestation => Code::UnknownAttestation,

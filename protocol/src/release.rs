@@ -14,6 +14,10 @@
 //! key may live in AWS KMS (an `ECC_NIST_P384` key signs the `Sig_structure`'s SHA-384 digest). A
 //! rollout lists the old and the new tuple in one manifest, so both kinds of enclave stay
 //! acceptable while it lasts; the next manifest, with a higher version, lists only the new.
+//!
+//! A manifest may instead be signed through Sigstore ([`Signed::Sigstore`]): the body as above with
+//! the bundle `cosign sign-blob` made for it, which the client checks against a trusted root and
+//! the operator's cosign key.
 
 use confidant_verifier::cbor::{write_bytes, write_head, write_text, Item, Reader};
 use confidant_verifier::signature::{sig_structure, verify_es384};
@@ -192,6 +196,64 @@ pub fn open(cose: &[u8], release_key: &[u8]) -> Result<Manifest, ProtocolError> 
     Manifest::decode(parts.payload)
 }
 
+/// One item of a `RELEASE` frame: a manifest and its signature, in one of two forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed<'a> {
+    /// A COSE_Sign1 under the release key ([`open`]).
+    Cose(&'a [u8]),
+    /// The canonical body with a Sigstore bundle (JSON) whose message signature is the operator's
+    /// cosign key's over exactly these bytes — what `cosign sign-blob --key … --bundle …` makes,
+    /// with the body logged in Rekor. Encoded `{"manifest": bstr .cbor body, "sigstore": tstr
+    /// bundle}`.
+    Sigstore { body: &'a [u8], bundle: &'a str },
+}
+
+impl<'a> Signed<'a> {
+    /// Tells the forms apart by their first byte (a COSE_Sign1 is a 4-array, the Sigstore form a
+    /// 2-map) and reads the Sigstore form strictly; the COSE form is read by [`open`].
+    pub fn parse(item: &'a [u8]) -> Result<Signed<'a>, ProtocolError> {
+        if item.len() > MAX_LEN {
+            return Err(bad("longer than any manifest"));
+        }
+        match item.first() {
+            Some(0x84) => return Ok(Signed::Cose(item)),
+            Some(0xa2) => {}
+            _ => return Err(bad("neither a COSE_Sign1 nor a Sigstore-signed manifest")),
+        }
+        let mut r = Reader::new(item);
+        r.read().map_err(bad)?;
+        let mut field = |want: &str| -> Result<Item<'a>, ProtocolError> {
+            match r.read().map_err(bad)? {
+                Item::Text(k) if k == want => r.read().map_err(bad),
+                _ => Err(bad("the Sigstore form's keys are manifest, sigstore")),
+            }
+        };
+        let body = match field("manifest")? {
+            Item::Bytes(b) => b,
+            _ => return Err(bad("`manifest` must be bytes")),
+        };
+        let bundle = match field("sigstore")? {
+            Item::Text(t) => t,
+            _ => return Err(bad("`sigstore` must be text (the bundle's JSON)")),
+        };
+        if r.remaining() != 0 {
+            return Err(bad("trailing bytes after the Sigstore form"));
+        }
+        Ok(Signed::Sigstore { body, bundle })
+    }
+}
+
+/// The Sigstore form of a manifest, as the relay serves it: the body and the bundle that signs it.
+pub fn pack_sigstore(body: &[u8], bundle: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + bundle.len() + 32);
+    write_head(&mut out, 5, 2);
+    write_text(&mut out, "manifest");
+    write_bytes(&mut out, body);
+    write_text(&mut out, "sigstore");
+    write_text(&mut out, bundle);
+    out
+}
+
 /// What the attested enclave is, for holding it to manifests.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured<'a> {
@@ -212,6 +274,22 @@ pub fn admit(
     now: UnixMillis,
     high_water: u64,
 ) -> Result<Manifest, ProtocolError> {
+    choose(
+        manifests.iter().map(|m| open(m, release_key)),
+        enclave,
+        now,
+        high_water,
+    )
+}
+
+/// [`admit`] over manifests already opened (their signatures checked, in whichever form): the
+/// highest-version one valid at `now` that lists the enclave, not below `high_water`.
+pub fn choose(
+    opened: impl IntoIterator<Item = Result<Manifest, ProtocolError>>,
+    enclave: &Measured<'_>,
+    now: UnixMillis,
+    high_water: u64,
+) -> Result<Manifest, ProtocolError> {
     let mut best: Option<Manifest> = None;
     // Failures ranked by how far the manifest got: a later stage says more.
     let mut worst = (0u8, ProtocolError::ReleaseSignature);
@@ -220,8 +298,8 @@ pub fn admit(
             worst = (rank, e);
         }
     };
-    for cose in manifests {
-        let m = match open(cose, release_key) {
+    for opened in opened {
+        let m = match opened {
             Ok(m) => m,
             Err(e @ ProtocolError::MalformedManifest(_)) => {
                 note(1, e);
@@ -388,6 +466,50 @@ mod tests {
             admit(&[m3], &pk, &enclave(&OLD), NOW, 3),
             Err(ProtocolError::ReleasePcrs { version: 3 })
         );
+    }
+
+    #[test]
+    fn the_sigstore_form_is_read_strictly_and_told_from_cose() {
+        let k = key();
+        let cose = sign(&k, &manifest(1, vec![OLD]));
+        assert_eq!(Signed::parse(&cose).unwrap(), Signed::Cose(&cose));
+        let body = manifest(1, vec![OLD]).encode();
+        let packed = pack_sigstore(&body, "{}");
+        assert_eq!(
+            Signed::parse(&packed).unwrap(),
+            Signed::Sigstore {
+                body: &body,
+                bundle: "{}"
+            }
+        );
+        let mut trailing = packed.clone();
+        trailing.push(0);
+        for bad in [
+            &trailing[..],
+            &packed[..packed.len() - 1],
+            &[0xa0][..],
+            &[][..],
+        ] {
+            assert!(matches!(
+                Signed::parse(bad),
+                Err(ProtocolError::MalformedManifest(_))
+            ));
+        }
+        // Keys in another order, or the bundle as bytes.
+        let mut swapped = Vec::new();
+        write_head(&mut swapped, 5, 2);
+        write_text(&mut swapped, "sigstore");
+        write_text(&mut swapped, "{}");
+        write_text(&mut swapped, "manifest");
+        write_bytes(&mut swapped, &body);
+        assert!(Signed::parse(&swapped).is_err());
+        let mut as_bytes = Vec::new();
+        write_head(&mut as_bytes, 5, 2);
+        write_text(&mut as_bytes, "manifest");
+        write_bytes(&mut as_bytes, &body);
+        write_text(&mut as_bytes, "sigstore");
+        write_bytes(&mut as_bytes, b"{}");
+        assert!(Signed::parse(&as_bytes).is_err());
     }
 
     #[test]

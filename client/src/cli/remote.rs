@@ -46,6 +46,14 @@ pub struct TrustArgs {
     /// older than one already accepted from this relay [config: release_key].
     #[arg(long, value_name = "HEX")]
     pub release_key: Option<String>,
+    /// Pin releases signed through Sigstore: the transparency log's trusted root (JSON, as
+    /// Sigstore's TUF repository publishes it); checked offline [config: release_sigstore_root].
+    #[arg(long, value_name = "FILE", requires = "release_sigstore_key")]
+    pub release_sigstore_root: Option<PathBuf>,
+    /// The operator's cosign public key (PEM, `cosign.pub`) that signed those releases
+    /// [config: release_sigstore_key].
+    #[arg(long, value_name = "FILE", requires = "release_sigstore_root")]
+    pub release_sigstore_key: Option<PathBuf>,
     /// Maximum age of a fetched document, seconds; a cached one older than this is fetched again.
     #[arg(long, value_name = "SECS")]
     pub max_age: Option<u64>,
@@ -98,6 +106,8 @@ impl TrustArgs {
             settings_digest: self.digests.settings_digest.clone(),
             dtype: self.digests.dtype.clone(),
             release_key: self.release_key.clone(),
+            release_sigstore_root: self.release_sigstore_root.clone(),
+            release_sigstore_key: self.release_sigstore_key.clone(),
             max_age: self.max_age,
             allow_debug: self.allow_debug,
             allow_unpinned: self.insecure_unpinned,
