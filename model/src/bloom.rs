@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::cache::KvCache;
 use super::config::BloomConfig;
-use super::kernels::{self, AttentionInput, KvSegment, Matrix};
+use super::kernels::{self, AttentionInput, Keys, KvSegment, Matrix};
 use super::weights::Weights;
 use super::{Dtype, ModelError};
 use confidant_protocol::digest::FileHash;
@@ -513,7 +513,7 @@ impl Bloom {
                 }
                 let (k, v) = cache.own().layer_with(layer, len);
                 segs.push(KvSegment {
-                    k,
+                    k: Keys::Rows(k),
                     v,
                     len: cache.own().len() + len,
                 });
@@ -667,7 +667,8 @@ mod tests {
 
     use super::alibi_slopes;
     use crate::kernels::{
-        decode_attention_heads, prefill_attention_heads, AttentionInput, KvSegment,
+        decode_attention_heads, prefill_attention_heads, transpose_keys, AttentionInput, Keys,
+        KvSegment, KEY_TILE,
     };
 
     #[test]
@@ -680,6 +681,8 @@ mod tests {
             (0, 20, 20, 8),
             // bloom-560m's head size, which has its own path; queries not a multiple of 4.
             (40, 45, 35, 64),
+            // A system prompt over several tiles of transposed keys, the last partial.
+            (150, 10, 10, 64),
         ] {
             let nh = 6usize;
             let w = nh * hd;
@@ -690,44 +693,57 @@ mod tests {
                 (0..own * w).map(|i| (val(i + 3), val(i + 11))).unzip();
             let q: Vec<f32> = (0..n * w).map(|i| val(i + 5) * 2.0).collect();
             let slopes: Vec<f32> = alibi_slopes(nh).into_iter().map(|s| s as f32).collect();
-            let kv = [
+            let stride = prefix.div_ceil(KEY_TILE) * KEY_TILE;
+            let mut pkt = vec![0f32; w * stride];
+            transpose_keys(&pk, prefix, w, stride, &mut pkt);
+            let rows = [
                 KvSegment {
-                    k: &pk,
+                    k: Keys::Rows(&pk),
                     v: &pv,
                     len: prefix,
                 },
                 KvSegment {
-                    k: &ok,
+                    k: Keys::Rows(&ok),
                     v: &ov,
                     len: own,
                 },
             ];
-            let mut got = vec![0f32; n * 3 * hd];
-            prefill_attention_heads(&q, &kv, n, &slopes, 1..4, hd, &mut got);
-            for j in 0..n {
-                let visible = own - n + j + 1;
-                let segs = [
-                    kv[0],
-                    KvSegment {
-                        len: visible,
-                        ..kv[1]
-                    },
-                ];
-                let mut want = vec![0f32; 3 * hd];
-                let input = AttentionInput {
-                    q: &q[j * w..(j + 1) * w],
-                    segments: &segs,
-                    slopes: &slopes,
-                    head_dim: hd,
-                };
-                decode_attention_heads(&input, 1..4, &mut want, &mut Vec::new());
-                let row = &got[j * 3 * hd..(j + 1) * 3 * hd];
-                let worst = row
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(worst < 1e-5, "{prefix}/{own}/{n}, query {j}: {worst}");
+            // The prefix as the engine shares it (keys transposed), against the reference with rows.
+            let transposed = [
+                KvSegment {
+                    k: Keys::Transposed { kt: &pkt, stride },
+                    ..rows[0]
+                },
+                rows[1],
+            ];
+            for kv in [rows, transposed] {
+                let mut got = vec![0f32; n * 3 * hd];
+                prefill_attention_heads(&q, &kv, n, &slopes, 1..4, hd, &mut got);
+                for j in 0..n {
+                    let visible = own - n + j + 1;
+                    let segs = [
+                        rows[0],
+                        KvSegment {
+                            len: visible,
+                            ..rows[1]
+                        },
+                    ];
+                    let mut want = vec![0f32; 3 * hd];
+                    let input = AttentionInput {
+                        q: &q[j * w..(j + 1) * w],
+                        segments: &segs,
+                        slopes: &slopes,
+                        head_dim: hd,
+                    };
+                    decode_attention_heads(&input, 1..4, &mut want, &mut Vec::new());
+                    let row = &got[j * 3 * hd..(j + 1) * 3 * hd];
+                    let worst = row
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(worst < 1e-5, "{prefix}/{own}/{n}, query {j}: {worst}");
+                }
             }
         }
     }

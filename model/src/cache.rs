@@ -2,7 +2,9 @@
 //! far, in f32 whatever the weights' dtype (the attention reads them at full precision).
 //!
 //! A cache may start with a shared [`Prefix`]: the system prompt's keys and values, computed once at
-//! boot and read (never copied) by every conversation that starts with it. The sequence's own
+//! boot and read (never copied) by every conversation that starts with it. Its keys are stored
+//! transposed per head ([`Keys::Transposed`]), the layout in which every question's attention over
+//! the long prompt is a register-blocked product rather than a dot product per position. The sequence's own
 //! positions follow in its own [`KvBlock`], whose memory is reserved up front for the whole turn
 //! (so a failed allocation fails that sequence before any model work, not the process later).
 
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use zeroize::Zeroize;
 
 use super::ModelError;
+use crate::kernels::{transpose_keys, Keys, KEY_TILE};
 
 /// `v` moved into an allocation of exactly `capacity` elements (or an error when the memory is not
 /// there); the old allocation is wiped before it is freed. Keys and values are derived from the
@@ -103,7 +106,10 @@ impl Drop for KvBlock {
 #[derive(Debug)]
 pub struct Prefix {
     tokens: Vec<i64>,
+    /// Values as rows; in place of the rows of keys, the keys transposed (see [`Prefix::layer`]).
     kv: KvBlock,
+    /// Positions per row of transposed keys (the length rounded up to [`KEY_TILE`]).
+    stride: usize,
 }
 
 impl Drop for Prefix {
@@ -126,14 +132,21 @@ impl Prefix {
         self.kv.len == 0
     }
 
-    /// Keys and values of layer `i`.
-    pub fn layer(&self, i: usize) -> (&[f32], &[f32]) {
-        self.kv.layer(i)
+    /// Keys (transposed per head: `[n_head][head_dim][stride]`) and values (rows) of layer `i`.
+    pub fn layer(&self, i: usize) -> (Keys<'_>, &[f32]) {
+        let (kt, v) = &self.kv.layers[i];
+        (
+            Keys::Transposed {
+                kt,
+                stride: self.stride,
+            },
+            &v[..self.kv.len * self.kv.width],
+        )
     }
 
     /// Bytes its keys and values take.
     pub fn bytes(&self) -> u64 {
-        (self.kv.len * self.kv.width * 2 * 4 * self.kv.layers.len()) as u64
+        ((self.stride + self.kv.len) * self.kv.width * 4 * self.kv.layers.len()) as u64
     }
 }
 
@@ -250,17 +263,35 @@ impl KvCache {
         self.own.len = 0;
     }
 
-    /// Turns a cache that ran `tokens` from empty into a shareable prefix.
-    pub fn into_prefix(mut self, tokens: Vec<i64>) -> Result<Prefix, ModelError> {
+    /// Turns a cache that ran `tokens` from empty into a shareable prefix, its keys transposed per
+    /// head (of `n_head`).
+    pub fn into_prefix(mut self, tokens: Vec<i64>, n_head: usize) -> Result<Prefix, ModelError> {
         if self.prefix.is_some() || tokens.len() != self.own.len {
             return Err(ModelError::Input(
                 "a prefix is made from a cache that ran exactly its tokens from empty".into(),
             ));
         }
+        let (len, width) = (self.own.len, self.own.width);
+        if n_head == 0 || !width.is_multiple_of(n_head) {
+            return Err(ModelError::Input(format!(
+                "{n_head} heads do not divide a key of {width}"
+            )));
+        }
         self.shrink();
+        let stride = len.div_ceil(KEY_TILE) * KEY_TILE;
+        for (k, _) in &mut self.own.layers {
+            let mut kt = Vec::new();
+            kt.try_reserve_exact(width * stride)
+                .map_err(|_| ModelError::Memory("no memory for the system prompt's keys".into()))?;
+            kt.resize(width * stride, 0.0);
+            transpose_keys(k, len, width, stride, &mut kt);
+            k.zeroize();
+            *k = kt;
+        }
         Ok(Prefix {
             tokens,
             kv: std::mem::take(&mut self.own),
+            stride,
         })
     }
 }

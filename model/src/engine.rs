@@ -307,7 +307,10 @@ fn system_prefix(
     let tokens = Zeroizing::new(model.tokenizer.encode(template.system_prefix())?);
     let mut cache = model.model.new_cache();
     model.model.forward(&tokens, &mut cache)?;
-    Ok(Some(Arc::new(cache.into_prefix(tokens.to_vec())?)))
+    Ok(Some(Arc::new(cache.into_prefix(
+        tokens.to_vec(),
+        model.model.config.n_head,
+    )?)))
 }
 
 /// A conversation the engine holds between turns.

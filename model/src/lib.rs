@@ -52,7 +52,7 @@ pub enum ModelError {
 pub enum Dtype {
     F32,
     Bf16,
-    /// Weight-only int8 with one f32 scale per 32 weights of a row (activations quantized the same
+    /// Weight-only int8 with one scale (an f16) per 32 weights of a row (activations quantized the same
     /// way on the fly), quantized at load.
     Int8,
 }

@@ -763,7 +763,9 @@ fn the_system_prompt_is_computed_once_and_shared_not_copied() {
         }),
     )
     .unwrap();
-    let prefix = prefix_tokens * per_token;
+    // Values as rows; keys transposed, their rows padded to whole tiles of positions.
+    let tile = confidant_model::kernels::KEY_TILE as u64;
+    let prefix = (prefix_tokens + prefix_tokens.div_ceil(tile) * tile) * per_token / 2;
     assert_eq!(engine.stats().kv_bytes.load(Ordering::Acquire), prefix);
     // Three kept conversations hold only their own positions beyond the one shared prefix.
     for c in 0..3u64 {

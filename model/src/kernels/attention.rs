@@ -1,16 +1,113 @@
 //! Attention of one decoding token over its keys and values, which may lie in several segments (a
 //! shared system-prompt prefix, then the conversation's own): BLOOM's `alibi + q·kᵀ/√d`, softmax in
 //! f32, then the weighted sum of the values. Positions count from the first segment.
+//!
+//! Keys come in rows (a sequence's own, one row per position as the step writes them) or transposed
+//! per head (the shared system prompt's, laid out once at boot): then `q·kᵀ` over many positions is
+//! a product whose accumulators are 64 positions wide and stay in registers, one key load per
+//! multiply-add, instead of a 64-long dot product and a horizontal sum per position.
 
 use super::elementwise::{exp, sum};
 use super::{isa, Isa};
 
-/// `len` positions of keys and values, each `[n_head, head_dim]`, rows contiguous.
+/// Positions per tile of the transposed-key product, and the multiple a transposed segment's
+/// stride is padded to.
+pub const KEY_TILE: usize = 64;
+
+/// How a segment's keys are laid out.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    /// One row `[n_head, head_dim]` per position.
+    Rows(&'a [f32]),
+    /// Per head, `head_dim` rows of `stride` positions (`[n_head][head_dim][stride]`); `stride` is a
+    /// multiple of [`KEY_TILE`] at least the segment's length, the padding zero.
+    Transposed { kt: &'a [f32], stride: usize },
+}
+
+/// `len` positions of keys and values; values are rows `[n_head, head_dim]`, contiguous.
 #[derive(Debug, Clone, Copy)]
 pub struct KvSegment<'a> {
-    pub k: &'a [f32],
+    pub k: Keys<'a>,
     pub v: &'a [f32],
     pub len: usize,
+}
+
+/// Lays `len` key rows of `width` out as [`Keys::Transposed`] in `kt` (`width × stride`, `stride` a
+/// multiple of [`KEY_TILE`] not below `len`): row `c` of the transpose is column `c` of the rows,
+/// which is head `c / head_dim`, dimension `c % head_dim`. The padding is zeroed.
+///
+/// # Panics
+/// If the shapes do not agree (a bug of the caller).
+pub fn transpose_keys(rows: &[f32], len: usize, width: usize, stride: usize, kt: &mut [f32]) {
+    assert!(stride.is_multiple_of(KEY_TILE) && stride >= len && kt.len() == width * stride);
+    assert!(rows.len() >= len * width);
+    kt.fill(0.0);
+    for (j, row) in rows.chunks_exact(width.max(1)).enumerate().take(len) {
+        for (c, x) in row.iter().enumerate() {
+            kt[c * stride + j] = *x;
+        }
+    }
+}
+
+/// `out[t·os + j] = Σ_d q[t·hd + d] · kt[d·stride + j]` for `t < nq`, `j < len`: the scores of
+/// `nq` queries against one head's transposed keys, four queries and [`KEY_TILE`] positions per
+/// tile. `kt` holds `hd` rows of `stride` (padded) positions.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn scores_transposed<const FMA: bool>(
+    q: &[f32],
+    nq: usize,
+    hd: usize,
+    kt: &[f32],
+    stride: usize,
+    len: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    let mut t0 = 0;
+    while t0 < nq {
+        let q = &q[t0 * hd..];
+        let out = &mut out[t0 * os..];
+        match nq - t0 {
+            1 => tiles::<1, FMA>(q, hd, kt, stride, len, out, os),
+            2 => tiles::<2, FMA>(q, hd, kt, stride, len, out, os),
+            3 => tiles::<3, FMA>(q, hd, kt, stride, len, out, os),
+            _ => tiles::<4, FMA>(q, hd, kt, stride, len, out, os),
+        }
+        t0 += 4;
+    }
+}
+
+#[inline(always)]
+fn tiles<const N: usize, const FMA: bool>(
+    q: &[f32],
+    hd: usize,
+    kt: &[f32],
+    stride: usize,
+    len: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    for j0 in (0..len).step_by(KEY_TILE) {
+        let mut acc = [[0f32; KEY_TILE]; N];
+        for d in 0..hd {
+            let k: &[f32; KEY_TILE] =
+                match kt[d * stride + j0..d * stride + j0 + KEY_TILE].try_into() {
+                    Ok(k) => k,
+                    Err(_) => unreachable!("a tile is KEY_TILE long"),
+                };
+            for (t, a) in acc.iter_mut().enumerate() {
+                let w = q[t * hd + d];
+                for (a, x) in a.iter_mut().zip(k) {
+                    *a = if FMA { w.mul_add(*x, *a) } else { *a + w * x };
+                }
+            }
+        }
+        let n = KEY_TILE.min(len - j0);
+        for (t, a) in acc.iter().enumerate() {
+            out[t * os + j0..t * os + j0 + n].copy_from_slice(&a[..n]);
+        }
+    }
 }
 
 /// One query and what it attends to.
@@ -46,7 +143,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn heads_impl(
+fn heads_impl<const FMA: bool>(
     input: &AttentionInput<'_>,
     heads: std::ops::Range<usize>,
     out: &mut [f32],
@@ -64,12 +161,26 @@ fn heads_impl(
         let mut pos = 0;
         let mut max = f32::NEG_INFINITY;
         for seg in input.segments {
-            for j in 0..seg.len {
-                let k = &seg.k[j * width + h * hd..j * width + (h + 1) * hd];
-                let s = dot(q, k) * inv + slope * pos as f32;
-                scores[pos] = s;
-                max = max.max(s);
-                pos += 1;
+            match seg.k {
+                Keys::Rows(k) => {
+                    for j in 0..seg.len {
+                        let k = &k[j * width + h * hd..j * width + (h + 1) * hd];
+                        let s = dot(q, k) * inv + slope * pos as f32;
+                        scores[pos] = s;
+                        max = max.max(s);
+                        pos += 1;
+                    }
+                }
+                Keys::Transposed { kt, stride } => {
+                    let row = &mut scores[pos..pos + seg.len];
+                    let kt = &kt[h * hd * stride..(h + 1) * hd * stride];
+                    scores_transposed::<FMA>(q, 1, hd, kt, stride, seg.len, row, 0);
+                    for s in row.iter_mut() {
+                        *s = *s * inv + slope * pos as f32;
+                        max = max.max(*s);
+                        pos += 1;
+                    }
+                }
             }
         }
         for s in scores.iter_mut() {
@@ -108,7 +219,14 @@ pub fn decode_attention_heads(
     assert!(heads.end <= input.slopes.len(), "no such head");
     assert_eq!(out.len(), heads.len() * hd, "out is not heads × head_dim");
     for s in input.segments {
-        assert!(s.k.len() >= s.len * width && s.v.len() >= s.len * width);
+        assert!(s.v.len() >= s.len * width);
+        match s.k {
+            Keys::Rows(k) => assert!(k.len() >= s.len * width),
+            Keys::Transposed { kt, stride } => assert!(
+                stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
+                "transposed keys are not n_head × head_dim × stride"
+            ),
+        }
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -119,7 +237,7 @@ pub fn decode_attention_heads(
             out: &mut [f32],
             scores: &mut Vec<f32>,
         ) {
-            heads_impl(input, heads, out, scores)
+            heads_impl::<true>(input, heads, out, scores)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn narrow(
@@ -128,7 +246,7 @@ pub fn decode_attention_heads(
             out: &mut [f32],
             scores: &mut Vec<f32>,
         ) {
-            heads_impl(input, heads, out, scores)
+            heads_impl::<true>(input, heads, out, scores)
         }
         match isa() {
             // SAFETY: `isa()` names only instruction sets this CPU has.
@@ -137,7 +255,7 @@ pub fn decode_attention_heads(
             Isa::Portable => {}
         }
     }
-    heads_impl(input, heads, out, scores)
+    heads_impl::<false>(input, heads, out, scores)
 }
 
 /// [`decode_attention_heads`] for every head: `out` is `[n_head, head_dim]`.

@@ -14,7 +14,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::weights::{Matrix, Raw};
+use super::weights::{Matrix, Raw, SCALE_UNIT};
 use super::OutRows;
 
 /// A token batch prepared for one product: activations in the form the instruction takes.
@@ -136,7 +136,7 @@ pub(crate) fn quantize(x: &[f32], out: &mut [i8]) -> (f32, i32) {
 struct Ptrs {
     h: *const u16,
     q: *const u8,
-    s: *const f32,
+    s: *const u16,
     cols: usize,
     group: usize,
     groups: usize,
@@ -244,14 +244,17 @@ unsafe fn micro_int8<const TB: usize>(
                 *s = _mm512_dpbusd_epi32(*s, w0, x4(t, k0 + j * 4));
             }
         }
-        let rs = _mm512_loadu_ps(p.s.add((b * groups + g) * 16));
+        // The rows' 16 half scales (in units of SCALE_UNIT, folded into the activations' scale).
+        let rs = _mm512_cvtph_ps(_mm256_loadu_si256(
+            p.s.add((b * groups + g) * 16) as *const __m256i
+        ));
         for t in 0..TB {
             let i = (t0 + t) * groups + g;
             let d = _mm512_sub_epi32(
                 _mm512_add_epi32(s0[t], s1[t]),
                 _mm512_set1_epi32(offsets[i]),
             );
-            let scale = _mm512_mul_ps(rs, _mm512_set1_ps(xs[i]));
+            let scale = _mm512_mul_ps(rs, _mm512_set1_ps(xs[i] * SCALE_UNIT));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scale, acc[t]);
         }
     }

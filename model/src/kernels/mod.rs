@@ -24,7 +24,10 @@ mod weights;
 
 use std::sync::OnceLock;
 
-pub use attention::{decode_attention, decode_attention_heads, AttentionInput, KvSegment};
+pub use attention::{
+    decode_attention, decode_attention_heads, transpose_keys, AttentionInput, Keys, KvSegment,
+    KEY_TILE,
+};
 pub use elementwise::{add, gelu, layer_norm};
 pub use prefill::prefill_attention_heads;
 use weights::Raw;

@@ -7,7 +7,7 @@
 //! kernel reads both operands along rows). The operands of one head are gathered into contiguous
 //! scratch for the duration of the call; the caches themselves are only read.
 
-use super::attention::KvSegment;
+use super::attention::{scores_transposed, Keys, KvSegment};
 use super::elementwise::{exp, sum};
 use super::{isa, matmul_local, Isa};
 
@@ -113,14 +113,27 @@ fn attention<const FMA: bool>(
             for seg in segments {
                 let rows = seg.len.min(seen.saturating_sub(first));
                 if rows > 0 {
-                    matmul_local(
-                        &qh[i0 * hd..i1 * hd],
-                        bq,
-                        (&seg.k[h * hd..], width),
-                        rows,
-                        hd,
-                        (&mut scores[first..], seen),
-                    );
+                    let block = &qh[i0 * hd..i1 * hd];
+                    match seg.k {
+                        Keys::Rows(k) => matmul_local(
+                            block,
+                            bq,
+                            (&k[h * hd..], width),
+                            rows,
+                            hd,
+                            (&mut scores[first..], seen),
+                        ),
+                        Keys::Transposed { kt, stride } => scores_transposed::<FMA>(
+                            block,
+                            bq,
+                            hd,
+                            &kt[h * hd * stride..(h + 1) * hd * stride],
+                            stride,
+                            rows,
+                            &mut scores[first..],
+                            seen,
+                        ),
+                    }
                 }
                 first += seg.len;
             }
