@@ -15,6 +15,7 @@
 
 mod attention;
 mod avx2;
+mod avx2_int8;
 mod avx512;
 mod avx512_dot;
 mod elementwise;
@@ -89,7 +90,10 @@ fn detect() -> Isa {
             }
             return Isa::Avx512;
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
             return Isa::Avx2;
         }
     }
@@ -118,6 +122,16 @@ pub fn pool(threads: usize) -> rayon::ThreadPool {
                 .build()
                 .unwrap_or_else(|e| panic!("no thread for the kernels: {e}"))
         })
+}
+
+/// Whether the product of `w` on `isa` takes its activations prepared (rounded to bf16 or quantized
+/// per group) rather than as f32: the dot-product instructions', and int8 on every SIMD set.
+pub(crate) fn quantizes(isa: Isa, w: &Matrix) -> bool {
+    match isa {
+        Isa::Avx512Dot => avx512_dot::handles(w, true, true),
+        Isa::Avx512 | Isa::Avx2 => matches!(w.raw(), Raw::Int8 { .. }),
+        Isa::Portable => false,
+    }
 }
 
 /// Rows per unit of work handed to a thread.
@@ -163,7 +177,7 @@ pub(crate) fn matmul_isa(
         stride: rows,
     };
     // The narrow dtypes' dot-product instructions take their activations prepared once per product.
-    let prepared = (isa == Isa::Avx512Dot && avx512_dot::handles(w, true, true))
+    let prepared = quantizes(isa, w)
         .then(|| avx512_dot::prepare(x, tokens, w))
         .flatten();
     let tasks = rows.div_ceil(ROWS_PER_TASK);
@@ -184,23 +198,10 @@ pub(crate) fn matmul_isa(
                 avx512_dot::block(p, tokens, w, bias, r0, r1, &out)
             },
             (Isa::Portable, _, _) => portable::block(x, tokens, w, bias, r0, r1, &out),
-            // The widening kernels read int8 as f32 rows dequantized a block at a time.
-            (_, _, Raw::Int8 { .. }) => {
-                let mut scratch = vec![0f32; ROW_BLOCK * cols];
-                for b0 in (r0..r1).step_by(ROW_BLOCK) {
-                    let b1 = (b0 + ROW_BLOCK).min(r1);
-                    for (i, row) in scratch.chunks_exact_mut(cols).take(b1 - b0).enumerate() {
-                        w.row_f32(b0 + i, row);
-                    }
-                    let dequantized = Rows {
-                        raw: Raw::F32(scratch.as_ptr()),
-                        cols,
-                        stride: cols,
-                        first: b0,
-                    };
-                    unsafe { widening(isa, x, tokens, dequantized, bias, b0, b1, &out) }
-                }
-            }
+            // int8 without VNNI: its own kernel (`quantizes` prepared the activations).
+            (_, Some(avx512_dot::Prepared::Int8 { xq, scales, .. }), Raw::Int8 { .. }) => unsafe {
+                avx2_int8::block(xq, scales, tokens, w, bias, r0, r1, &out)
+            },
             _ => unsafe { widening(isa, x, tokens, whole, bias, r0, r1, &out) },
         }
     };

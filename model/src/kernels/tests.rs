@@ -25,7 +25,7 @@ fn isas() -> Vec<Isa> {
 /// The activations as the instruction set sees them: the dot-product kernels round them (bf16) or
 /// quantize them per group (int8) first.
 fn as_seen(isa: Isa, x: &[f32], tokens: usize, w: &Matrix) -> Vec<f32> {
-    if isa != Isa::Avx512Dot || !avx512_dot::handles(w, true, true) {
+    if !quantizes(isa, w) {
         return x.to_vec();
     }
     match avx512_dot::prepare(x, tokens, w) {
