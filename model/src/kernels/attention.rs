@@ -3,9 +3,10 @@
 //! f32, then the weighted sum of the values. Positions count from the first segment.
 //!
 //! Keys come in rows (a sequence's own, one row per position as the step writes them) or transposed
-//! per head (the shared system prompt's, laid out once at boot): then `q·kᵀ` over many positions is
-//! a product whose accumulators are 64 positions wide and stay in registers, one key load per
-//! multiply-add, instead of a 64-long dot product and a horizontal sum per position.
+//! per head (the shared system prompt's, laid out once at boot): then `q·kᵀ` over many positions
+//! runs along the positions — a decoding token's in tiles of accumulators held in registers, a
+//! prompt chunk's query by query, four key rows per pass over its score row — instead of a 64-long
+//! dot product and a horizontal sum per position.
 
 use super::elementwise::{exp, sum};
 use super::{isa, Isa};
@@ -50,11 +51,13 @@ pub fn transpose_keys(rows: &[f32], len: usize, width: usize, stride: usize, kt:
 }
 
 /// `out[t·os + j] = Σ_d q[t·hd + d] · kt[d·stride + j]` for `t < nq`, `j < len`: the scores of
-/// `nq` queries against one head's transposed keys, four queries and [`KEY_TILE`] positions per
-/// tile. `kt` holds `hd` rows of `stride` (padded) positions.
+/// `nq` queries against one head's transposed keys. `kt` holds `hd` rows of `stride` (padded)
+/// positions. One query: tiles of 64 positions (`WIDE`: 512-bit registers) or 32, accumulated in
+/// registers. Several: each query's score row in turn, four key rows per pass (tiles of several
+/// queries spilled their accumulators on AVX2 and ran no faster than one query at a time).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn scores_transposed<const FMA: bool>(
+pub(super) fn scores_transposed<const FMA: bool, const WIDE: bool>(
     q: &[f32],
     nq: usize,
     hd: usize,
@@ -64,22 +67,50 @@ pub(super) fn scores_transposed<const FMA: bool>(
     out: &mut [f32],
     os: usize,
 ) {
-    let mut t0 = 0;
-    while t0 < nq {
-        let q = &q[t0 * hd..];
-        let out = &mut out[t0 * os..];
-        match nq - t0 {
-            1 => tiles::<1, FMA>(q, hd, kt, stride, len, out, os),
-            2 => tiles::<2, FMA>(q, hd, kt, stride, len, out, os),
-            3 => tiles::<3, FMA>(q, hd, kt, stride, len, out, os),
-            _ => tiles::<4, FMA>(q, hd, kt, stride, len, out, os),
+    if nq > 1 {
+        // Several queries (a prompt chunk): row by row, each score row (a few KiB) staying in L1
+        // while the key rows stream past it.
+        for t in 0..nq {
+            let row = &mut out[t * os..t * os + len];
+            row.fill(0.0);
+            // Four key rows per pass: one load and store of the scores for four multiply-adds.
+            let mut d = 0;
+            while d + 4 <= hd {
+                let w = &q[t * hd + d..t * hd + d + 4];
+                let k = |i: usize| &kt[(d + i) * stride..(d + i) * stride + len];
+                let (k0, k1, k2, k3) = (k(0), k(1), k(2), k(3));
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s = if FMA {
+                        w[3].mul_add(
+                            k3[j],
+                            w[2].mul_add(k2[j], w[1].mul_add(k1[j], w[0].mul_add(k0[j], *s))),
+                        )
+                    } else {
+                        *s + w[0] * k0[j] + w[1] * k1[j] + w[2] * k2[j] + w[3] * k3[j]
+                    };
+                }
+                d += 4;
+            }
+            for d in d..hd {
+                let w = q[t * hd + d];
+                for (s, k) in row.iter_mut().zip(&kt[d * stride..d * stride + len]) {
+                    *s = if FMA { w.mul_add(*k, *s) } else { *s + w * k };
+                }
+            }
         }
-        t0 += 4;
+        return;
+    }
+    if WIDE {
+        tiles::<1, 64, FMA>(q, hd, kt, stride, len, out, os)
+    } else {
+        tiles::<1, 32, FMA>(q, hd, kt, stride, len, out, os)
     }
 }
 
+/// `N` queries × `P` positions per tile (`P` divides [`KEY_TILE`], so tiles never pass the padded
+/// stride).
 #[inline(always)]
-fn tiles<const N: usize, const FMA: bool>(
+fn tiles<const N: usize, const P: usize, const FMA: bool>(
     q: &[f32],
     hd: usize,
     kt: &[f32],
@@ -88,14 +119,13 @@ fn tiles<const N: usize, const FMA: bool>(
     out: &mut [f32],
     os: usize,
 ) {
-    for j0 in (0..len).step_by(KEY_TILE) {
-        let mut acc = [[0f32; KEY_TILE]; N];
+    for j0 in (0..len).step_by(P) {
+        let mut acc = [[0f32; P]; N];
         for d in 0..hd {
-            let k: &[f32; KEY_TILE] =
-                match kt[d * stride + j0..d * stride + j0 + KEY_TILE].try_into() {
-                    Ok(k) => k,
-                    Err(_) => unreachable!("a tile is KEY_TILE long"),
-                };
+            let k: &[f32; P] = match kt[d * stride + j0..d * stride + j0 + P].try_into() {
+                Ok(k) => k,
+                Err(_) => unreachable!("a tile is P long"),
+            };
             for (t, a) in acc.iter_mut().enumerate() {
                 let w = q[t * hd + d];
                 for (a, x) in a.iter_mut().zip(k) {
@@ -103,7 +133,7 @@ fn tiles<const N: usize, const FMA: bool>(
                 }
             }
         }
-        let n = KEY_TILE.min(len - j0);
+        let n = P.min(len - j0);
         for (t, a) in acc.iter().enumerate() {
             out[t * os + j0..t * os + j0 + n].copy_from_slice(&a[..n]);
         }
@@ -143,7 +173,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn heads_impl<const FMA: bool>(
+fn heads_impl<const FMA: bool, const WIDE: bool>(
     input: &AttentionInput<'_>,
     heads: std::ops::Range<usize>,
     out: &mut [f32],
@@ -174,7 +204,7 @@ fn heads_impl<const FMA: bool>(
                 Keys::Transposed { kt, stride } => {
                     let row = &mut scores[pos..pos + seg.len];
                     let kt = &kt[h * hd * stride..(h + 1) * hd * stride];
-                    scores_transposed::<FMA>(q, 1, hd, kt, stride, seg.len, row, 0);
+                    scores_transposed::<FMA, WIDE>(q, 1, hd, kt, stride, seg.len, row, 0);
                     for s in row.iter_mut() {
                         *s = *s * inv + slope * pos as f32;
                         max = max.max(*s);
@@ -237,7 +267,7 @@ pub fn decode_attention_heads(
             out: &mut [f32],
             scores: &mut Vec<f32>,
         ) {
-            heads_impl::<true>(input, heads, out, scores)
+            heads_impl::<true, true>(input, heads, out, scores)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn narrow(
@@ -246,7 +276,7 @@ pub fn decode_attention_heads(
             out: &mut [f32],
             scores: &mut Vec<f32>,
         ) {
-            heads_impl::<true>(input, heads, out, scores)
+            heads_impl::<true, false>(input, heads, out, scores)
         }
         match isa() {
             // SAFETY: `isa()` names only instruction sets this CPU has.
@@ -255,7 +285,7 @@ pub fn decode_attention_heads(
             Isa::Portable => {}
         }
     }
-    heads_impl::<false>(input, heads, out, scores)
+    heads_impl::<false, false>(input, heads, out, scores)
 }
 
 /// [`decode_attention_heads`] for every head: `out` is `[n_head, head_dim]`.

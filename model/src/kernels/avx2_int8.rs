@@ -79,16 +79,8 @@ unsafe fn micro<const TB: usize>(
         let rh = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(8) as *const __m128i));
         for t in 0..TB {
             let xscale = _mm256_set1_ps(xs[(t0 + t) * groups + g] * SCALE_UNIT);
-            lo[t] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(sl[t]),
-                _mm256_mul_ps(rl, xscale),
-                lo[t],
-            );
-            hi[t] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(sh[t]),
-                _mm256_mul_ps(rh, xscale),
-                hi[t],
-            );
+            lo[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sl[t]), _mm256_mul_ps(rl, xscale), lo[t]);
+            hi[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sh[t]), _mm256_mul_ps(rh, xscale), hi[t]);
         }
     }
     let r = b * 16;

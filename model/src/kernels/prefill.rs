@@ -40,7 +40,7 @@ pub fn prefill_attention_heads(
             hd: usize,
             out: &mut [f32],
         ) {
-            attention::<true>(q, segments, n, slopes, heads, hd, out)
+            attention::<true, true>(q, segments, n, slopes, heads, hd, out)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn narrow(
@@ -52,7 +52,7 @@ pub fn prefill_attention_heads(
             hd: usize,
             out: &mut [f32],
         ) {
-            attention::<true>(q, segments, n, slopes, heads, hd, out)
+            attention::<true, false>(q, segments, n, slopes, heads, hd, out)
         }
         match isa() {
             // SAFETY: `isa()` names only instruction sets this CPU has.
@@ -63,12 +63,13 @@ pub fn prefill_attention_heads(
             Isa::Portable => {}
         }
     }
-    attention::<false>(q, segments, n, slopes, heads, hd, out)
+    attention::<false, false>(q, segments, n, slopes, heads, hd, out)
 }
 
 /// `FMA`: fused multiply-adds are instructions here (else `mul_add` would be a library call).
+/// `WIDE`: 512-bit registers (32 of them), which hold larger tiles of accumulators.
 #[inline(always)]
-fn attention<const FMA: bool>(
+fn attention<const FMA: bool, const WIDE: bool>(
     q: &[f32],
     segments: &[KvSegment<'_>],
     n: usize,
@@ -123,7 +124,7 @@ fn attention<const FMA: bool>(
                             hd,
                             (&mut scores[first..], seen),
                         ),
-                        Keys::Transposed { kt, stride } => scores_transposed::<FMA>(
+                        Keys::Transposed { kt, stride } => scores_transposed::<FMA, WIDE>(
                             block,
                             bq,
                             hd,
@@ -150,7 +151,7 @@ fn attention<const FMA: bool>(
                 let rows = seg.len.min(seen.saturating_sub(first));
                 if rows > 0 {
                     let v = (&seg.v[h * hd..], width);
-                    weighted_rows::<FMA>(&scores[first..], seen, bq, v, rows, hd, ctx);
+                    weighted_rows::<FMA, WIDE>(&scores[first..], seen, bq, v, rows, hd, ctx);
                 }
                 first += seg.len;
             }
@@ -193,10 +194,12 @@ fn softmax_alibi(row: &mut [f32], positions: &[f32], slope: f32) {
 }
 
 /// `out[q] += Σ_j p[q][j] · v[j]` for `bq` queries (`p` rows `ps` apart) over `rows` value rows of
-/// `hd` (`vs` apart), four queries at a time so each value row is loaded once for four.
+/// `hd` (`vs` apart), several queries at a time so each value row is loaded once for several. The
+/// accumulators fit the registers: 4 queries × 64 with 512-bit ones (`WIDE`), else 3 queries × 32
+/// columns, the head's two halves in turn.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn weighted_rows<const FMA: bool>(
+fn weighted_rows<const FMA: bool, const WIDE: bool>(
     p: &[f32],
     ps: usize,
     bq: usize,
@@ -208,21 +211,37 @@ fn weighted_rows<const FMA: bool>(
     if rows == 0 {
         return;
     }
-    let mut q0 = 0;
-    if hd == 64 {
+    if hd == 64 && WIDE {
+        let mut q0 = 0;
         while q0 < bq {
-            let rest = &mut out[q0 * hd..];
+            let (p, rest) = (&p[q0 * ps..], &mut out[q0 * hd..]);
             match bq - q0 {
-                1 => weighted_rows_n::<64, 1, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
-                2 => weighted_rows_n::<64, 2, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
-                3 => weighted_rows_n::<64, 3, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
-                _ => weighted_rows_n::<64, 4, FMA>(&p[q0 * ps..], ps, (v, vs), rows, rest),
+                1 => weighted_rows_n::<64, 1, FMA>(p, ps, (v, vs), rows, rest, hd),
+                2 => weighted_rows_n::<64, 2, FMA>(p, ps, (v, vs), rows, rest, hd),
+                3 => weighted_rows_n::<64, 3, FMA>(p, ps, (v, vs), rows, rest, hd),
+                _ => weighted_rows_n::<64, 4, FMA>(p, ps, (v, vs), rows, rest, hd),
             }
             q0 += 4;
         }
         return;
     }
-    for q in q0..bq {
+    if hd == 64 {
+        for half in [0, 32] {
+            let mut q0 = 0;
+            while q0 < bq {
+                let (p, rest) = (&p[q0 * ps..], &mut out[q0 * hd + half..]);
+                let v = (&v[half..], vs);
+                match bq - q0 {
+                    1 => weighted_rows_n::<32, 1, FMA>(p, ps, v, rows, rest, hd),
+                    2 => weighted_rows_n::<32, 2, FMA>(p, ps, v, rows, rest, hd),
+                    _ => weighted_rows_n::<32, 3, FMA>(p, ps, v, rows, rest, hd),
+                }
+                q0 += 3;
+            }
+        }
+        return;
+    }
+    for q in 0..bq {
         let o = &mut out[q * hd..(q + 1) * hd];
         for j in 0..rows {
             let w = p[q * ps + j];
@@ -233,8 +252,8 @@ fn weighted_rows<const FMA: bool>(
     }
 }
 
-/// [`weighted_rows`] for `N` (at most 4) queries and a head size known at compile time: the
-/// accumulators stay in registers.
+/// [`weighted_rows`] for `N` queries and `HD` columns known at compile time (output rows `os`
+/// apart): the accumulators stay in registers.
 #[inline(always)]
 fn weighted_rows_n<const HD: usize, const N: usize, const FMA: bool>(
     p: &[f32],
@@ -242,6 +261,7 @@ fn weighted_rows_n<const HD: usize, const N: usize, const FMA: bool>(
     (v, vs): (&[f32], usize),
     rows: usize,
     out: &mut [f32],
+    os: usize,
 ) {
     let mut acc = [[0f32; HD]; N];
     for j in 0..rows {
@@ -257,7 +277,7 @@ fn weighted_rows_n<const HD: usize, const N: usize, const FMA: bool>(
         }
     }
     for (q, a) in acc.iter().enumerate() {
-        for (o, x) in out[q * HD..(q + 1) * HD].iter_mut().zip(a) {
+        for (o, x) in out[q * os..q * os + HD].iter_mut().zip(a) {
             *o += x;
         }
     }
