@@ -364,6 +364,8 @@ pub struct EngineBenchArgs {
 struct Timed {
     engine: confidant_model::engine::Engine,
     rx: std::sync::mpsc::Receiver<(Instant, confidant_model::engine::Event)>,
+    /// Tokens of the system prompt the engine computed at spawn.
+    system_tokens: usize,
 }
 
 fn timed_engine(args: &EngineBenchArgs, system: &str, max_batch: usize) -> Result<Timed, String> {
@@ -371,20 +373,33 @@ fn timed_engine(args: &EngineBenchArgs, system: &str, max_batch: usize) -> Resul
     use confidant_model::template::ChatTemplate;
     use confidant_model::LoadedModel;
     let model = LoadedModel::load(&args.model, args.dtype).map_err(|e| e.to_string())?;
+    let template = ChatTemplate::new(system);
+    let system_tokens = match template.system_prefix() {
+        "" => 0,
+        prefix => model
+            .tokenizer
+            .encode(prefix)
+            .map_err(|e| e.to_string())?
+            .len(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let engine = Engine::spawn(
         model,
         EngineConfig {
             threads: args.threads,
             max_batch,
-            ..EngineConfig::new(ChatTemplate::new(system), 8192, 4 << 30)
+            ..EngineConfig::new(template, 8192, 4 << 30)
         },
         Box::new(move |e| {
             let _ = tx.send((Instant::now(), e));
         }),
     )
     .map_err(|e| e.to_string())?;
-    Ok(Timed { engine, rx })
+    Ok(Timed {
+        engine,
+        rx,
+        system_tokens,
+    })
 }
 
 fn ask(id: u64, text: &str, max_new_tokens: usize) -> confidant_model::engine::Job {
@@ -521,14 +536,8 @@ pub fn run_engine(args: &EngineBenchArgs) -> Result<u8, String> {
             .collect::<Result<_, _>>()?,
     );
     let prefix_bytes = t.engine.stats().kv_bytes.load(Ordering::Acquire);
+    let system_tokens = t.system_tokens;
     drop(t);
-    let per_token = {
-        let c = confidant_model::BloomConfig::from_json(
-            &std::fs::read_to_string(args.model.join("config.json")).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
-        (c.n_layer * 2 * c.hidden_size * 4) as u64
-    };
 
     println!(
         "{}",
@@ -543,7 +552,7 @@ pub fn run_engine(args: &EngineBenchArgs) -> Result<u8, String> {
             "ttft_within_bound": loaded <= alone + 2.0 * step,
             "system_prompt_bytes": args.system_bytes,
             "system_prompt_kv_mb": prefix_bytes as f64 / (1 << 20) as f64,
-            "system_prompt_tokens": prefix_bytes / per_token.max(1),
+            "system_prompt_tokens": system_tokens,
             "ttft_after_system_prompt_ms": with_system,
             // The goal: at most 1.2 × the same turn without one.
             "system_prompt_ttft_ratio": with_system / alone,
