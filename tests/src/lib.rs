@@ -278,6 +278,30 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Runs `confidant-ops` and asserts it succeeded.
+pub fn ops(args: &[&str]) -> Output {
+    let out = Command::new(bin("confidant-ops"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "confidant-ops {args:?}: {}",
+        stderr(&out)
+    );
+    out
+}
+
+/// PCR0,PCR1,PCR2 of the fixture model's emulated image, as `release-sign --pcrs` takes them.
+pub fn release_tuple() -> String {
+    let values: Vec<String> = pins()
+        .iter()
+        .filter(|p| !p.starts_with("--"))
+        .filter_map(|p| p.split_once('=').map(|(_, v)| v.to_string()))
+        .collect();
+    values[..3].join(",")
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

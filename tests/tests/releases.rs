@@ -10,30 +10,6 @@ use std::process::{Command, Output};
 
 use confidant_e2e::*;
 
-fn ops(args: &[&str]) -> Output {
-    let out = Command::new(bin("confidant-ops"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "confidant-ops {args:?}: {}",
-        stderr(&out)
-    );
-    out
-}
-
-/// PCR0,PCR1,PCR2 of the fixture model's emulated image, as `release-sign --pcrs` takes them.
-fn tuple() -> String {
-    let pins = pins();
-    let values: Vec<String> = pins
-        .iter()
-        .filter(|p| !p.starts_with("--"))
-        .filter_map(|p| p.split_once('=').map(|(_, v)| v.to_string()))
-        .collect();
-    values[..3].join(",")
-}
-
 fn sign(key: &Path, version: u64, pcrs: &[&str], model: &str, extra: &[&str], out: &Path) {
     let v = version.to_string();
     let mut args = vec!["release-sign", "--version", &v, "--model-digest", model];
@@ -103,7 +79,7 @@ fn a_release_key_admits_listed_images_and_refuses_expiry_other_keys_and_rollback
     };
 
     // Release 2 lists the old (fake) image and this one, as during a rollout: admitted, no PCR pinned.
-    let real = tuple();
+    let real = release_tuple();
     sign(&key, 2, &[&fake, &real], &model, &[], &served);
     let out = ask(&public);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

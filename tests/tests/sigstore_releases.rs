@@ -10,8 +10,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
-
 use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
@@ -289,29 +287,6 @@ fn a_logged_signature_by_the_release_key_admits_and_every_alteration_is_refused(
     refused(open(&release::pack_sigstore(&body, "{}"), &pin));
 }
 
-fn ops(args: &[&str]) -> Output {
-    let out = Command::new(bin("confidant-ops"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "confidant-ops {args:?}: {}",
-        stderr(&out)
-    );
-    out
-}
-
-/// PCR0,PCR1,PCR2 of the fixture model's emulated image, as `release-sign --pcrs` takes them.
-fn tuple() -> String {
-    let values: Vec<String> = pins()
-        .iter()
-        .filter(|p| !p.starts_with("--"))
-        .filter_map(|p| p.split_once('=').map(|(_, v)| v.to_string()))
-        .collect();
-    values[..3].join(",")
-}
-
 /// The operator's flow end to end: `release-sign --body-out`, the bundle (as `cosign sign-blob
 /// --key cosign.key --bundle` makes it), `release-pack`, the relay serving it, and a client that
 /// pins `cosign.pub` and the log's trusted root — no PCR values, no COSE release key.
@@ -333,7 +308,7 @@ fn the_relay_serves_a_sigstore_signed_release_and_a_client_pinning_its_key_and_r
             "--version",
             &v,
             "--pcrs",
-            &tuple(),
+            &release_tuple(),
             "--model-digest",
             model,
             "--body-out",

@@ -101,42 +101,36 @@ pub(super) fn scores_transposed<const FMA: bool, const WIDE: bool>(
         return;
     }
     if WIDE {
-        tiles::<1, 64, FMA>(q, hd, kt, stride, len, out, os)
+        tile_row::<64, FMA>(q, hd, kt, stride, len, out)
     } else {
-        tiles::<1, 32, FMA>(q, hd, kt, stride, len, out, os)
+        tile_row::<32, FMA>(q, hd, kt, stride, len, out)
     }
 }
 
-/// `N` queries × `P` positions per tile (`P` divides [`KEY_TILE`], so tiles never pass the padded
-/// stride).
+/// One query's scores, `P` positions per tile accumulated in registers (`P` divides
+/// [`KEY_TILE`], so tiles never pass the padded stride).
 #[inline(always)]
-fn tiles<const N: usize, const P: usize, const FMA: bool>(
+fn tile_row<const P: usize, const FMA: bool>(
     q: &[f32],
     hd: usize,
     kt: &[f32],
     stride: usize,
     len: usize,
     out: &mut [f32],
-    os: usize,
 ) {
     for j0 in (0..len).step_by(P) {
-        let mut acc = [[0f32; P]; N];
-        for d in 0..hd {
+        let mut acc = [0f32; P];
+        for (d, &w) in q[..hd].iter().enumerate() {
             let k: &[f32; P] = match kt[d * stride + j0..d * stride + j0 + P].try_into() {
                 Ok(k) => k,
                 Err(_) => unreachable!("a tile is P long"),
             };
-            for (t, a) in acc.iter_mut().enumerate() {
-                let w = q[t * hd + d];
-                for (a, x) in a.iter_mut().zip(k) {
-                    *a = if FMA { w.mul_add(*x, *a) } else { *a + w * x };
-                }
+            for (a, x) in acc.iter_mut().zip(k) {
+                *a = if FMA { w.mul_add(*x, *a) } else { *a + w * x };
             }
         }
         let n = P.min(len - j0);
-        for (t, a) in acc.iter().enumerate() {
-            out[t * os + j0..t * os + j0 + n].copy_from_slice(&a[..n]);
-        }
+        out[j0..j0 + n].copy_from_slice(&acc[..n]);
     }
 }
 
