@@ -77,7 +77,11 @@ demo-up: deps
 demo-down:
 	scripts/demo.sh down
 
-test: deps fmt lint unit conformance no-openssl layout deploy-check reproducible
+# Each step timed, so CI's 90-minute budget can be watched as the project grows.
+TEST_STEPS := deps fmt lint unit conformance no-openssl layout deploy-check reproducible
+test:
+	@for t in $(TEST_STEPS); do s=$$(date +%s); $(MAKE) --no-print-directory $$t || exit 1; \
+		echo "[make test] $$t: $$(( $$(date +%s) - s )) s"; done
 
 fmt:
 	$(CARGO) fmt --all --check

@@ -53,8 +53,8 @@ pub fn transpose_keys(rows: &[f32], len: usize, width: usize, stride: usize, kt:
 /// `out[t·os + j] = Σ_d q[t·hd + d] · kt[d·stride + j]` for `t < nq`, `j < len`: the scores of
 /// `nq` queries against one head's transposed keys. `kt` holds `hd` rows of `stride` (padded)
 /// positions. One query: tiles of 64 positions (`WIDE`: 512-bit registers) or 32, accumulated in
-/// registers. Several: each query's score row in turn, four key rows per pass (tiles of several
-/// queries spilled their accumulators on AVX2 and ran no faster than one query at a time).
+/// registers. Several: the register tiles of [`super::attention_tiles`] where there are fused
+/// multiply-adds, else each query's score row in turn, four key rows per pass.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scores_transposed<const FMA: bool, const WIDE: bool>(
@@ -67,8 +67,21 @@ pub(super) fn scores_transposed<const FMA: bool, const WIDE: bool>(
     out: &mut [f32],
     os: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if nq > 1 && FMA {
+        // SAFETY: `FMA` is set only inside functions enabling AVX2 and FMA, `WIDE` only inside
+        // ones enabling AVX-512F; the callers check the shapes (`stride` a multiple of KEY_TILE).
+        unsafe {
+            if WIDE {
+                super::attention_tiles::scores_avx512(q, nq, hd, kt, stride, len, out, os)
+            } else {
+                super::attention_tiles::scores_avx2(q, nq, hd, kt, stride, len, out, os)
+            }
+        }
+        return;
+    }
     if nq > 1 {
-        // Several queries (a prompt chunk): row by row, each score row (a few KiB) staying in L1
+        // Several queries (a prompt chunk) without fused multiply-adds: row by row, each score row (a few KiB) staying in L1
         // while the key rows stream past it.
         for t in 0..nq {
             let row = &mut out[t * os..t * os + len];

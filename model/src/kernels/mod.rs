@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 mod attention;
+mod attention_tiles;
 mod avx2;
 mod avx2_int8;
 mod avx512;

@@ -194,9 +194,9 @@ fn softmax_alibi(row: &mut [f32], positions: &[f32], slope: f32) {
 }
 
 /// `out[q] += Σ_j p[q][j] · v[j]` for `bq` queries (`p` rows `ps` apart) over `rows` value rows of
-/// `hd` (`vs` apart), several queries at a time so each value row is loaded once for several. The
-/// accumulators fit the registers: 4 queries × 64 with 512-bit ones (`WIDE`), else 3 queries × 32
-/// columns, the head's two halves in turn.
+/// `hd` (`vs` apart), several queries at a time so each value row is loaded once for several: the
+/// register tiles of [`super::attention_tiles`] where there are fused multiply-adds, else 3 queries
+/// × 32 columns, the head's two halves in turn.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn weighted_rows<const FMA: bool, const WIDE: bool>(
@@ -208,20 +208,19 @@ fn weighted_rows<const FMA: bool, const WIDE: bool>(
     hd: usize,
     out: &mut [f32],
 ) {
-    if rows == 0 {
+    if rows == 0 || bq == 0 {
         return;
     }
-    if hd == 64 && WIDE {
-        let mut q0 = 0;
-        while q0 < bq {
-            let (p, rest) = (&p[q0 * ps..], &mut out[q0 * hd..]);
-            match bq - q0 {
-                1 => weighted_rows_n::<64, 1, FMA>(p, ps, (v, vs), rows, rest, hd),
-                2 => weighted_rows_n::<64, 2, FMA>(p, ps, (v, vs), rows, rest, hd),
-                3 => weighted_rows_n::<64, 3, FMA>(p, ps, (v, vs), rows, rest, hd),
-                _ => weighted_rows_n::<64, 4, FMA>(p, ps, (v, vs), rows, rest, hd),
+    #[cfg(target_arch = "x86_64")]
+    if hd == 64 && FMA {
+        // SAFETY: `FMA` is set only inside functions enabling AVX2 and FMA, `WIDE` only inside
+        // ones enabling AVX-512F; the shapes are the caller's, checked on entry.
+        unsafe {
+            if WIDE {
+                super::attention_tiles::weighted_avx512(p, ps, bq, (v, vs), rows, out)
+            } else {
+                super::attention_tiles::weighted_avx2(p, ps, bq, (v, vs), rows, out)
             }
-            q0 += 4;
         }
         return;
     }

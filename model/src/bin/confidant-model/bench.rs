@@ -330,12 +330,83 @@ pub fn run_kernels(
             }
         }
     }
+    let attention = if only.is_none_or(|o| o == "attention") {
+        prefix_attention()
+    } else {
+        Vec::new()
+    };
     println!(
         "{}",
         json!({ "isa": kernels::isa().name(), "threads": threads,
-                "read_bandwidth_gb_per_s": bandwidth / 1e9, "products": results })
+                "read_bandwidth_gb_per_s": bandwidth / 1e9, "products": results,
+                "attention": attention })
     );
     Ok(0)
+}
+
+/// One layer's attention (16 heads of 64, one thread) of a question chunk and of a decoding token
+/// over a shared system prompt of bloom-560m's 2 KiB (1,305 tokens, keys transposed as at boot):
+/// what a long system prompt adds to a turn, per layer.
+fn prefix_attention() -> Vec<serde_json::Value> {
+    use confidant_model::kernels::{self, Keys, KvSegment, KEY_TILE};
+    let (nh, hd, prefix) = (16usize, 64usize, 1305usize);
+    let width = nh * hd;
+    let stride = prefix.next_multiple_of(KEY_TILE);
+    // Deterministic values of attention's usual size.
+    let fill = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 2_654_435_761 + seed) % 1000) as f32 / 1000.0 - 0.5) * 0.2)
+            .collect()
+    };
+    let mut kt = vec![0f32; width * stride];
+    kernels::transpose_keys(&fill(prefix * width, 1), prefix, width, stride, &mut kt);
+    let pv = fill(prefix * width, 2);
+    let slopes: Vec<f32> = (0..nh).map(|h| 0.5f32.powi(h as i32 / 2 + 1)).collect();
+    let mut results = Vec::new();
+    for n in [1usize, 20] {
+        let (own_k, own_v, q) = (fill(n * width, 3), fill(n * width, 4), fill(n * width, 5));
+        let segments = [
+            KvSegment {
+                k: Keys::Transposed { kt: &kt, stride },
+                v: &pv,
+                len: prefix,
+            },
+            KvSegment {
+                k: Keys::Rows(&own_k),
+                v: &own_v,
+                len: n,
+            },
+        ];
+        let mut out = vec![0f32; n * width];
+        let mut scratch = Vec::new();
+        let mut once = || {
+            if n == 1 {
+                let input = kernels::AttentionInput {
+                    q: &q,
+                    segments: &segments,
+                    slopes: &slopes,
+                    head_dim: hd,
+                };
+                kernels::decode_attention(&input, &mut out, &mut scratch);
+            } else {
+                kernels::prefill_attention_heads(&q, &segments, n, &slopes, 0..nh, hd, &mut out);
+            }
+        };
+        once();
+        let reps = 20;
+        let t = Instant::now();
+        for _ in 0..reps {
+            once();
+        }
+        let secs = t.elapsed().as_secs_f64() / reps as f64;
+        // q·kᵀ and p·v: two multiply-adds per query, position, head and dimension.
+        let flops = 4.0 * (n * (prefix + n) * width) as f64;
+        results.push(json!({
+            "queries": n, "prefix_tokens": prefix, "threads": 1,
+            "ms_per_layer": secs * 1e3, "gflop_per_s": flops / secs / 1e9,
+        }));
+    }
+    results
 }
 
 /// `bench-engine`: the inference engine as the enclave runs it — time to first token alone, while

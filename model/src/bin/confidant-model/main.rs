@@ -45,7 +45,7 @@ enum Command {
         /// Tokens per product (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         tokens: Vec<usize>,
-        /// Only this product (qkv, dense, h_to_4h, 4h_to_h, lm_head).
+        /// Only this product (qkv, dense, h_to_4h, 4h_to_h, lm_head, attention).
         #[arg(long)]
         only: Option<String>,
     },

@@ -1,0 +1,321 @@
+//! Register tiles for a prompt chunk's attention over a long shared prefix: the scores of several
+//! queries against transposed keys, and the probabilities times the value rows. Both are small
+//! matrix products (queries × positions × 64); written with explicit vectors so that a tile of
+//! queries × lanes stays in registers — the compiler spilled the same tiles written over arrays,
+//! and the chunk then ran at a quarter of the cores' multiply-add rate.
+//!
+//! Partial tiles of queries recompute the last query in the missing rows and store only the real
+//! ones, so callers need no padding.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Queries per tile: with 4 vectors of positions or columns each, 24 accumulators of the 32
+/// 512-bit registers.
+#[cfg(target_arch = "x86_64")]
+const QT512: usize = 6;
+
+/// Queries per AVX2 tile (16 registers): 6 × 2 accumulators for the scores, 3 × 4 for the values.
+#[cfg(target_arch = "x86_64")]
+const QT256: usize = 6;
+#[cfg(target_arch = "x86_64")]
+const QV256: usize = 3;
+
+/// Row pointers of the tile's queries from `t0`, the last real one repeated past `n`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile_rows<const N: usize>(
+    base: *const f32,
+    t0: usize,
+    n: usize,
+    stride: usize,
+) -> [*const f32; N] {
+    std::array::from_fn(|i| base.wrapping_add((t0 + i).min(n - 1) * stride))
+}
+
+/// `out[t·os + j] = Σ_d q[t·hd + d] · kt[d·stride + j]` for `t < nq`, `j < len`, with 512-bit
+/// vectors: tiles of 6 queries × 64 positions.
+///
+/// # Safety
+/// The CPU has AVX-512F; `stride` is a multiple of 64 not below `len`, `kt` holds `hd × stride`,
+/// `q` holds `nq × hd`, `out` holds `(nq - 1) · os + len` with `os ≥ len`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn scores_avx512(
+    q: &[f32],
+    nq: usize,
+    hd: usize,
+    kt: &[f32],
+    stride: usize,
+    len: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    debug_assert!(stride.is_multiple_of(64) && stride >= len && kt.len() >= hd * stride);
+    debug_assert!(nq > 0 && q.len() >= nq * hd && os >= len && out.len() >= (nq - 1) * os + len);
+    for j0 in (0..len).step_by(64) {
+        let rem = len - j0;
+        let masks: [__mmask16; 4] = std::array::from_fn(|v| {
+            let n = rem.saturating_sub(16 * v).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        });
+        let k = kt.as_ptr().add(j0);
+        for t0 in (0..nq).step_by(QT512) {
+            let qp = tile_rows::<QT512>(q.as_ptr(), t0, nq, hd);
+            let mut acc = [[_mm512_setzero_ps(); 4]; QT512];
+            for d in 0..hd {
+                let kd = k.add(d * stride);
+                let kv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(kd.add(16 * v)));
+                for (a, p) in acc.iter_mut().zip(&qp) {
+                    let w = _mm512_set1_ps(*p.add(d));
+                    for (a, kv) in a.iter_mut().zip(&kv) {
+                        *a = _mm512_fmadd_ps(w, *kv, *a);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(nq - t0) {
+                let o = out.as_mut_ptr().add((t0 + i) * os + j0);
+                for (v, (a, m)) in a.iter().zip(masks).enumerate() {
+                    if m != 0 {
+                        // Masked-off lanes are not written (nor touched).
+                        _mm512_mask_storeu_ps(o.wrapping_add(16 * v), m, *a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`scores_avx512`] with 256-bit vectors: tiles of 6 queries × 16 positions.
+///
+/// # Safety
+/// As [`scores_avx512`], the CPU having AVX2 and FMA instead.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn scores_avx2(
+    q: &[f32],
+    nq: usize,
+    hd: usize,
+    kt: &[f32],
+    stride: usize,
+    len: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    debug_assert!(stride.is_multiple_of(64) && stride >= len && kt.len() >= hd * stride);
+    debug_assert!(nq > 0 && q.len() >= nq * hd && os >= len && out.len() >= (nq - 1) * os + len);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for j0 in (0..len).step_by(16) {
+        let rem = len - j0;
+        let masks: [__m256i; 2] = std::array::from_fn(|v| {
+            let n = rem.saturating_sub(8 * v).min(8) as i32;
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane)
+        });
+        let full = rem >= 16;
+        let k = kt.as_ptr().add(j0);
+        for t0 in (0..nq).step_by(QT256) {
+            let qp = tile_rows::<QT256>(q.as_ptr(), t0, nq, hd);
+            let mut acc = [[_mm256_setzero_ps(); 2]; QT256];
+            for d in 0..hd {
+                let kd = k.add(d * stride);
+                let kv = [_mm256_loadu_ps(kd), _mm256_loadu_ps(kd.add(8))];
+                for (a, p) in acc.iter_mut().zip(&qp) {
+                    let w = _mm256_set1_ps(*p.add(d));
+                    a[0] = _mm256_fmadd_ps(w, kv[0], a[0]);
+                    a[1] = _mm256_fmadd_ps(w, kv[1], a[1]);
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(nq - t0) {
+                let o = out.as_mut_ptr().add((t0 + i) * os + j0);
+                if full {
+                    _mm256_storeu_ps(o, a[0]);
+                    _mm256_storeu_ps(o.add(8), a[1]);
+                } else {
+                    _mm256_maskstore_ps(o, masks[0], a[0]);
+                    if rem > 8 {
+                        _mm256_maskstore_ps(o.add(8), masks[1], a[1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[t·64 + c] += Σ_j p[t·ps + j] · v[j·vs + c]` for `t < bq`, `j < rows`, `c < 64`, with
+/// 512-bit vectors: tiles of 6 queries × the head's 64 columns.
+///
+/// # Safety
+/// The CPU has AVX-512F; `p` holds `(bq - 1) · ps + rows`, `v` holds `(rows - 1) · vs + 64`, `out`
+/// holds `bq × 64`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn weighted_avx512(
+    p: &[f32],
+    ps: usize,
+    bq: usize,
+    (v, vs): (&[f32], usize),
+    rows: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(bq > 0 && rows > 0 && p.len() >= (bq - 1) * ps + rows);
+    debug_assert!(v.len() >= (rows - 1) * vs + 64 && out.len() >= bq * 64);
+    for t0 in (0..bq).step_by(QT512) {
+        let pp = tile_rows::<QT512>(p.as_ptr(), t0, bq, ps);
+        let mut acc = [[_mm512_setzero_ps(); 4]; QT512];
+        for j in 0..rows {
+            let r = v.as_ptr().add(j * vs);
+            let x: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(r.add(16 * c)));
+            for (a, p) in acc.iter_mut().zip(&pp) {
+                let w = _mm512_set1_ps(*p.add(j));
+                for (a, x) in a.iter_mut().zip(&x) {
+                    *a = _mm512_fmadd_ps(w, *x, *a);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate().take(bq - t0) {
+            let o = out.as_mut_ptr().add((t0 + i) * 64);
+            for (c, a) in a.iter().enumerate() {
+                let o = o.add(16 * c);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
+            }
+        }
+    }
+}
+
+/// [`weighted_avx512`] with 256-bit vectors: tiles of 3 queries × 32 columns, the head's two
+/// halves in turn.
+///
+/// # Safety
+/// As [`weighted_avx512`], the CPU having AVX2 and FMA instead.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn weighted_avx2(
+    p: &[f32],
+    ps: usize,
+    bq: usize,
+    (v, vs): (&[f32], usize),
+    rows: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(bq > 0 && rows > 0 && p.len() >= (bq - 1) * ps + rows);
+    debug_assert!(v.len() >= (rows - 1) * vs + 64 && out.len() >= bq * 64);
+    for half in [0, 32] {
+        for t0 in (0..bq).step_by(QV256) {
+            let pp = tile_rows::<QV256>(p.as_ptr(), t0, bq, ps);
+            let mut acc = [[_mm256_setzero_ps(); 4]; QV256];
+            for j in 0..rows {
+                let r = v.as_ptr().add(j * vs + half);
+                let x: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(r.add(8 * c)));
+                for (a, p) in acc.iter_mut().zip(&pp) {
+                    let w = _mm256_set1_ps(*p.add(j));
+                    for (a, x) in a.iter_mut().zip(&x) {
+                        *a = _mm256_fmadd_ps(w, *x, *a);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(bq - t0) {
+                let o = out.as_mut_ptr().add((t0 + i) * 64 + half);
+                for (c, a) in a.iter().enumerate() {
+                    let o = o.add(8 * c);
+                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *a));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    /// Deterministic values in [-1, 1).
+    fn fill(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn score_tiles_match_the_plain_product() {
+        let (avx512, avx2) = (
+            is_x86_feature_detected!("avx512f"),
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        );
+        // Queries not a multiple of the tile, lengths not a multiple of a vector, one query.
+        for (nq, hd, len) in [
+            (1usize, 64usize, 1usize),
+            (7, 64, 150),
+            (20, 64, 1305),
+            (13, 8, 64),
+        ] {
+            let stride = len.next_multiple_of(64);
+            let (q, kt) = (fill(nq * hd, 1), fill(hd * stride, 2));
+            let os = len + 5;
+            let mut want = vec![7f32; nq * os];
+            for t in 0..nq {
+                for j in 0..len {
+                    want[t * os + j] = (0..hd).map(|d| q[t * hd + d] * kt[d * stride + j]).sum();
+                }
+            }
+            type Scores = unsafe fn(&[f32], usize, usize, &[f32], usize, usize, &mut [f32], usize);
+            let kernels: [(bool, Scores, &str); 2] = [
+                (avx512, super::scores_avx512, "avx512"),
+                (avx2, super::scores_avx2, "avx2"),
+            ];
+            for (has, f, name) in kernels {
+                if !has {
+                    continue;
+                }
+                // Past `len` in each row stays as it was (the next segment's scores live there).
+                let mut got = vec![7f32; nq * os];
+                // SAFETY: the CPU has the features; the shapes are as the kernels require.
+                unsafe { f(&q, nq, hd, &kt, stride, len, &mut got, os) };
+                close(&got, &want, &format!("{name} scores {nq}×{len}"));
+            }
+        }
+    }
+
+    #[test]
+    fn value_tiles_match_the_plain_product() {
+        let (avx512, avx2) = (
+            is_x86_feature_detected!("avx512f"),
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        );
+        for (bq, rows) in [(1usize, 1usize), (7, 150), (20, 1305), (4, 3)] {
+            let (ps, vs) = (rows + 3, 64 * 3);
+            let (p, v) = (fill(bq * ps, 3), fill(rows * vs, 4));
+            let base = fill(bq * 64, 5);
+            let mut want = base.clone();
+            for t in 0..bq {
+                for c in 0..64 {
+                    want[t * 64 + c] += (0..rows)
+                        .map(|j| p[t * ps + j] * v[j * vs + c])
+                        .sum::<f32>();
+                }
+            }
+            type Weighted = unsafe fn(&[f32], usize, usize, (&[f32], usize), usize, &mut [f32]);
+            let kernels: [(bool, Weighted, &str); 2] = [
+                (avx512, super::weighted_avx512, "avx512"),
+                (avx2, super::weighted_avx2, "avx2"),
+            ];
+            for (has, f, name) in kernels {
+                if !has {
+                    continue;
+                }
+                let mut got = base.clone();
+                // SAFETY: the CPU has the features; the shapes are as the kernels require.
+                unsafe { f(&p, ps, bq, (&v, vs), rows, &mut got) };
+                close(&got, &want, &format!("{name} values {bq}×{rows}"));
+            }
+        }
+    }
+}
