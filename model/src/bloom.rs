@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::cache::KvCache;
 use super::config::BloomConfig;
-use super::kernels::{self, AttentionInput, Keys, KvSegment, Matrix};
+use super::kernels::{self, AttentionInput, Keys, KvSegment, Matrix, Values};
 use super::weights::Weights;
 use super::{Dtype, ModelError};
 use confidant_protocol::digest::FileHash;
@@ -514,7 +514,7 @@ impl Bloom {
                 let (k, v) = cache.own().layer_with(layer, len);
                 segs.push(KvSegment {
                     k: Keys::Rows(k),
-                    v,
+                    v: Values::Rows(v),
                     len: cache.own().len() + len,
                 });
                 segs
@@ -667,8 +667,8 @@ mod tests {
 
     use super::alibi_slopes;
     use crate::kernels::{
-        decode_attention_heads, prefill_attention_heads, transpose_keys, AttentionInput, Keys,
-        KvSegment, KEY_TILE,
+        decode_attention_heads, prefill_attention_heads, transpose_keys, values_per_head,
+        AttentionInput, Keys, KvSegment, Values, KEY_TILE,
     };
 
     #[test]
@@ -695,16 +695,18 @@ mod tests {
             let slopes: Vec<f32> = alibi_slopes(nh).into_iter().map(|s| s as f32).collect();
             let stride = prefix.div_ceil(KEY_TILE) * KEY_TILE;
             let mut pkt = vec![0f32; w * stride];
-            transpose_keys(&pk, prefix, w, stride, &mut pkt);
+            transpose_keys(&pk, prefix, (w, hd), stride, &mut pkt);
+            let mut pvh = vec![0f32; prefix * w];
+            values_per_head(&pv, prefix, (w, hd), &mut pvh);
             let rows = [
                 KvSegment {
                     k: Keys::Rows(&pk),
-                    v: &pv,
+                    v: Values::Rows(&pv),
                     len: prefix,
                 },
                 KvSegment {
                     k: Keys::Rows(&ok),
-                    v: &ov,
+                    v: Values::Rows(&ov),
                     len: own,
                 },
             ];
@@ -712,7 +714,11 @@ mod tests {
             let transposed = [
                 KvSegment {
                     k: Keys::Transposed { kt: &pkt, stride },
-                    ..rows[0]
+                    v: Values::PerHead {
+                        v: &pvh,
+                        positions: prefix,
+                    },
+                    len: prefix,
                 },
                 rows[1],
             ];

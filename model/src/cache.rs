@@ -2,9 +2,10 @@
 //! far, in f32 whatever the weights' dtype (the attention reads them at full precision).
 //!
 //! A cache may start with a shared [`Prefix`]: the system prompt's keys and values, computed once at
-//! boot and read (never copied) by every conversation that starts with it. Its keys are stored
-//! transposed per head ([`Keys::Transposed`]), the layout in which every question's attention over
-//! the long prompt is a register-blocked product rather than a dot product per position. The sequence's own
+//! boot and read (never copied) by every conversation that starts with it. It is laid out per head
+//! ([`Keys::Transposed`], [`Values::PerHead`]): the layout in which every question's attention over
+//! the long prompt is a register-blocked product over contiguous memory rather than a dot product
+//! per position over rows 4 KiB apart. The sequence's own
 //! positions follow in its own [`KvBlock`], whose memory is reserved up front for the whole turn
 //! (so a failed allocation fails that sequence before any model work, not the process later).
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use zeroize::Zeroize;
 
 use super::ModelError;
-use crate::kernels::{transpose_keys, Keys, KEY_TILE};
+use crate::kernels::{transpose_keys, values_per_head, Keys, Values, KEY_TILE};
 
 /// `v` moved into an allocation of exactly `capacity` elements (or an error when the memory is not
 /// there); the old allocation is wiped before it is freed. Keys and values are derived from the
@@ -106,7 +107,8 @@ impl Drop for KvBlock {
 #[derive(Debug)]
 pub struct Prefix {
     tokens: Vec<i64>,
-    /// Values as rows; in place of the rows of keys, the keys transposed (see [`Prefix::layer`]).
+    /// In place of the rows of keys and values, the keys transposed and the values per head (see
+    /// [`Prefix::layer`]).
     kv: KvBlock,
     /// Positions per row of transposed keys (the length rounded up to [`KEY_TILE`]).
     stride: usize,
@@ -132,15 +134,18 @@ impl Prefix {
         self.kv.len == 0
     }
 
-    /// Keys (transposed per head: `[n_head][head_dim][stride]`) and values (rows) of layer `i`.
-    pub fn layer(&self, i: usize) -> (Keys<'_>, &[f32]) {
+    /// Keys (transposed per head, in tiles) and values (per head) of layer `i`.
+    pub fn layer(&self, i: usize) -> (Keys<'_>, Values<'_>) {
         let (kt, v) = &self.kv.layers[i];
         (
             Keys::Transposed {
                 kt,
                 stride: self.stride,
             },
-            &v[..self.kv.len * self.kv.width],
+            Values::PerHead {
+                v: &v[..self.kv.len * self.kv.width],
+                positions: self.kv.len,
+            },
         )
     }
 
@@ -263,8 +268,8 @@ impl KvCache {
         self.own.len = 0;
     }
 
-    /// Turns a cache that ran `tokens` from empty into a shareable prefix, its keys transposed per
-    /// head (of `n_head`).
+    /// Turns a cache that ran `tokens` from empty into a shareable prefix, laid out per head (of
+    /// `n_head`).
     pub fn into_prefix(mut self, tokens: Vec<i64>, n_head: usize) -> Result<Prefix, ModelError> {
         if self.prefix.is_some() || tokens.len() != self.own.len {
             return Err(ModelError::Input(
@@ -279,14 +284,23 @@ impl KvCache {
         }
         self.shrink();
         let stride = len.div_ceil(KEY_TILE) * KEY_TILE;
-        for (k, _) in &mut self.own.layers {
+        let shape = (width, width / n_head);
+        let no_memory =
+            || ModelError::Memory("no memory for the system prompt's keys and values".into());
+        for (k, v) in &mut self.own.layers {
             let mut kt = Vec::new();
             kt.try_reserve_exact(width * stride)
-                .map_err(|_| ModelError::Memory("no memory for the system prompt's keys".into()))?;
+                .map_err(|_| no_memory())?;
             kt.resize(width * stride, 0.0);
-            transpose_keys(k, len, width, stride, &mut kt);
+            transpose_keys(k, len, shape, stride, &mut kt);
             k.zeroize();
             *k = kt;
+            let mut vh = Vec::new();
+            vh.try_reserve_exact(len * width).map_err(|_| no_memory())?;
+            vh.resize(len * width, 0.0);
+            values_per_head(v, len, shape, &mut vh);
+            v.zeroize();
+            *v = vh;
         }
         Ok(Prefix {
             tokens,

@@ -55,6 +55,35 @@ fn shared_reference_logits_and_greedy_continuations() {
 }
 
 #[test]
+fn a_shared_system_prompt_gives_the_logits_of_one_pass() {
+    // A prefix over several tiles of transposed keys, the last partial; a question long enough for
+    // the prompt-chunk tiles (59 × 209 positions, past the query-by-query path; a partial tile of
+    // queries), then decoding steps.
+    let model = load_model(demo_dir(), Dtype::F32).unwrap();
+    let ids: Vec<i64> = (0..215).map(|i| (i * 37 + 5) % 700).collect();
+    let (system, question, answer) = (&ids[..150], &ids[150..209], &ids[209..]);
+    let mut whole = model.new_cache();
+    let mut want = vec![model.forward(&ids[..209], &mut whole).unwrap()];
+    let mut shared = model.new_cache();
+    let _ = model.forward(system, &mut shared).unwrap();
+    let prefix = std::sync::Arc::new(
+        shared
+            .into_prefix(system.to_vec(), model.config.n_head)
+            .unwrap(),
+    );
+    let mut cache = confidant_model::cache::KvCache::with_prefix(prefix);
+    let mut got = vec![model.forward(question, &mut cache).unwrap()];
+    for &id in answer {
+        want.push(model.forward(&[id], &mut whole).unwrap());
+        got.push(model.forward(&[id], &mut cache).unwrap());
+    }
+    for (step, (got, want)) in got.iter().zip(&want).enumerate() {
+        let diff = max_diff(got, want);
+        assert!(diff < 1e-4, "step {step}: {diff}");
+    }
+}
+
+#[test]
 fn cached_decoding_equals_recomputing_the_prefix() {
     let model = load_model(demo_dir(), Dtype::F32).unwrap();
     let ids: Vec<i64> = (0..20).map(|i| (i * 37 + 5) % 700).collect();
@@ -763,7 +792,7 @@ fn the_system_prompt_is_computed_once_and_shared_not_copied() {
         }),
     )
     .unwrap();
-    // Values as rows; keys transposed, their rows padded to whole tiles of positions.
+    // Values per head; keys transposed, padded to whole tiles of positions.
     let tile = confidant_model::kernels::KEY_TILE as u64;
     let prefix = (prefix_tokens + prefix_tokens.div_ceil(tile) * tile) * per_token / 2;
     assert_eq!(engine.stats().kv_bytes.load(Ordering::Acquire), prefix);

@@ -2,17 +2,18 @@
 //! shared system-prompt prefix, then the conversation's own): BLOOM's `alibi + q·kᵀ/√d`, softmax in
 //! f32, then the weighted sum of the values. Positions count from the first segment.
 //!
-//! Keys come in rows (a sequence's own, one row per position as the step writes them) or transposed
-//! per head (the shared system prompt's, laid out once at boot): then `q·kᵀ` over many positions
-//! runs along the positions — a decoding token's in tiles of accumulators held in registers, a
-//! prompt chunk's query by query, four key rows per pass over its score row — instead of a 64-long
-//! dot product and a horizontal sum per position.
+//! Keys and values come in rows (a sequence's own, one row per position as the step writes them) or
+//! laid out per head (the shared system prompt's, laid out once at boot): keys transposed in tiles
+//! of [`KEY_TILE`] positions, so `q·kᵀ` over many positions runs along the positions in tiles of
+//! accumulators held in registers instead of a 64-long dot product and a horizontal sum per
+//! position, and each tile's keys are one contiguous block; values one contiguous block per head.
+//! Rows put a head's 256 bytes 4 KiB apart: over a 1,305-token prefix, a page per position.
 
 use super::elementwise::{exp, sum};
 use super::{isa, Isa};
 
-/// Positions per tile of the transposed-key product, and the multiple a transposed segment's
-/// stride is padded to.
+/// Positions per tile of transposed keys, and the multiple a transposed segment's stride is padded
+/// to.
 pub const KEY_TILE: usize = 64;
 
 /// How a segment's keys are laid out.
@@ -20,41 +21,102 @@ pub const KEY_TILE: usize = 64;
 pub enum Keys<'a> {
     /// One row `[n_head, head_dim]` per position.
     Rows(&'a [f32]),
-    /// Per head, `head_dim` rows of `stride` positions (`[n_head][head_dim][stride]`); `stride` is a
-    /// multiple of [`KEY_TILE`] at least the segment's length, the padding zero.
+    /// Per head (`head_dim × stride` each), tiles of [`KEY_TILE`] positions, each tile `head_dim`
+    /// rows of [`KEY_TILE`]: key `(h, j, d)` at `h·head_dim·stride + (j / T)·head_dim·T + d·T +
+    /// j % T`. `stride` is a multiple of [`KEY_TILE`] at least the segment's length, the padding
+    /// zero.
     Transposed { kt: &'a [f32], stride: usize },
 }
 
-/// `len` positions of keys and values; values are rows `[n_head, head_dim]`, contiguous.
+/// How a segment's values are laid out.
 #[derive(Debug, Clone, Copy)]
-pub struct KvSegment<'a> {
-    pub k: Keys<'a>,
-    pub v: &'a [f32],
-    pub len: usize,
+pub enum Values<'a> {
+    /// One row `[n_head, head_dim]` per position.
+    Rows(&'a [f32]),
+    /// Per head, `positions` rows of `head_dim` (`[n_head][positions][head_dim]`); `positions` is
+    /// the whole segment's, which a query may see only the start of.
+    PerHead { v: &'a [f32], positions: usize },
 }
 
-/// Lays `len` key rows of `width` out as [`Keys::Transposed`] in `kt` (`width × stride`, `stride` a
-/// multiple of [`KEY_TILE`] not below `len`): row `c` of the transpose is column `c` of the rows,
-/// which is head `c / head_dim`, dimension `c % head_dim`. The padding is zeroed.
-///
-/// # Panics
-/// If the shapes do not agree (a bug of the caller).
-pub fn transpose_keys(rows: &[f32], len: usize, width: usize, stride: usize, kt: &mut [f32]) {
-    assert!(stride.is_multiple_of(KEY_TILE) && stride >= len && kt.len() == width * stride);
-    assert!(rows.len() >= len * width);
-    kt.fill(0.0);
-    for (j, row) in rows.chunks_exact(width.max(1)).enumerate().take(len) {
-        for (c, x) in row.iter().enumerate() {
-            kt[c * stride + j] = *x;
+impl<'a> Values<'a> {
+    /// Head `h`'s values from the first position, and the distance from one position's to the
+    /// next.
+    #[inline(always)]
+    /// next (nothing for a segment without positions).
+    pub(super) fn head(self, h: usize, head_dim: usize, width: usize) -> (&'a [f32], usize) {
+        let (v, start, step) = match self {
+            Values::Rows(v) => (v, h * head_dim, width),
+            Values::PerHead { v, positions } => (v, h * positions * head_dim, head_dim),
+        };
+        (v.get(start..).unwrap_or_default(), step)
+    }
+
+    /// Whether it holds `len` positions of `width`.
+    fn holds(self, len: usize, width: usize) -> bool {
+        match self {
+            Values::Rows(v) => v.len() >= len * width,
+            Values::PerHead { v, positions } => positions >= len && v.len() >= positions * width,
         }
     }
 }
 
-/// `out[t·os + j] = Σ_d q[t·hd + d] · kt[d·stride + j]` for `t < nq`, `j < len`: the scores of
-/// `nq` queries against one head's transposed keys. `kt` holds `hd` rows of `stride` (padded)
-/// positions. One query: tiles of 64 positions (`WIDE`: 512-bit registers) or 32, accumulated in
-/// registers. Several: the register tiles of [`super::attention_tiles`] where there are fused
-/// multiply-adds, else each query's score row in turn, four key rows per pass.
+/// `len` positions of keys and values.
+#[derive(Debug, Clone, Copy)]
+pub struct KvSegment<'a> {
+    pub k: Keys<'a>,
+    pub v: Values<'a>,
+    pub len: usize,
+}
+
+/// Lays `len` key rows of `width` (heads of `head_dim`) out as [`Keys::Transposed`] in `kt`
+/// (`width × stride`, `stride` a multiple of [`KEY_TILE`] not below `len`). The padding is zeroed.
+///
+/// # Panics
+/// If the shapes do not agree (a bug of the caller).
+pub fn transpose_keys(
+    rows: &[f32],
+    len: usize,
+    (width, head_dim): (usize, usize),
+    stride: usize,
+    kt: &mut [f32],
+) {
+    assert!(stride.is_multiple_of(KEY_TILE) && stride >= len && kt.len() == width * stride);
+    assert!(head_dim > 0 && width.is_multiple_of(head_dim) && rows.len() >= len * width);
+    kt.fill(0.0);
+    for (j, row) in rows.chunks_exact(width.max(1)).enumerate().take(len) {
+        let tile = (j / KEY_TILE) * head_dim * KEY_TILE + j % KEY_TILE;
+        for (c, x) in row.iter().enumerate() {
+            let (h, d) = (c / head_dim, c % head_dim);
+            kt[h * head_dim * stride + tile + d * KEY_TILE] = *x;
+        }
+    }
+}
+
+/// Lays `len` value rows of `width` (heads of `head_dim`) out as [`Values::PerHead`] in `out`
+/// (`len × width`).
+///
+/// # Panics
+/// If the shapes do not agree (a bug of the caller).
+pub fn values_per_head(
+    rows: &[f32],
+    len: usize,
+    (width, head_dim): (usize, usize),
+    out: &mut [f32],
+) {
+    assert!(head_dim > 0 && width.is_multiple_of(head_dim));
+    assert!(rows.len() >= len * width && out.len() == len * width);
+    for (j, row) in rows.chunks_exact(width.max(1)).enumerate().take(len) {
+        for (h, x) in row.chunks_exact(head_dim).enumerate() {
+            out[(h * len + j) * head_dim..(h * len + j + 1) * head_dim].copy_from_slice(x);
+        }
+    }
+}
+
+/// `out[t·os + j] = Σ_d q[t·hd + d] · k(d, j)` for `t < nq`, `j < len`: the scores of `nq`
+/// queries against one head's transposed keys `kt` (`hd × stride`, tiled as in
+/// [`Keys::Transposed`]). Several queries: the register tiles of [`super::attention_tiles`] where
+/// there are fused multiply-adds; otherwise, and for one query, query by query in tiles of 64
+/// positions (`WIDE`: 512-bit registers) or 32, accumulated in registers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scores_transposed<const FMA: bool, const WIDE: bool>(
@@ -80,61 +142,27 @@ pub(super) fn scores_transposed<const FMA: bool, const WIDE: bool>(
         }
         return;
     }
-    if nq > 1 {
-        // Several queries (a prompt chunk) without fused multiply-adds: row by row, each score row (a few KiB) staying in L1
-        // while the key rows stream past it.
-        for t in 0..nq {
-            let row = &mut out[t * os..t * os + len];
-            row.fill(0.0);
-            // Four key rows per pass: one load and store of the scores for four multiply-adds.
-            let mut d = 0;
-            while d + 4 <= hd {
-                let w = &q[t * hd + d..t * hd + d + 4];
-                let k = |i: usize| &kt[(d + i) * stride..(d + i) * stride + len];
-                let (k0, k1, k2, k3) = (k(0), k(1), k(2), k(3));
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s = if FMA {
-                        w[3].mul_add(
-                            k3[j],
-                            w[2].mul_add(k2[j], w[1].mul_add(k1[j], w[0].mul_add(k0[j], *s))),
-                        )
-                    } else {
-                        *s + w[0] * k0[j] + w[1] * k1[j] + w[2] * k2[j] + w[3] * k3[j]
-                    };
-                }
-                d += 4;
-            }
-            for d in d..hd {
-                let w = q[t * hd + d];
-                for (s, k) in row.iter_mut().zip(&kt[d * stride..d * stride + len]) {
-                    *s = if FMA { w.mul_add(*k, *s) } else { *s + w * k };
-                }
-            }
+    for t in 0..nq {
+        let (q, out) = (&q[t * hd..(t + 1) * hd], &mut out[t * os..]);
+        if WIDE {
+            tile_row::<64, FMA>(q, kt, len, out)
+        } else {
+            tile_row::<32, FMA>(q, kt, len, out)
         }
-        return;
-    }
-    if WIDE {
-        tile_row::<64, FMA>(q, hd, kt, stride, len, out)
-    } else {
-        tile_row::<32, FMA>(q, hd, kt, stride, len, out)
     }
 }
 
 /// One query's scores, `P` positions per tile accumulated in registers (`P` divides
-/// [`KEY_TILE`], so tiles never pass the padded stride).
+/// [`KEY_TILE`], so a tile lies within one tile of keys).
 #[inline(always)]
-fn tile_row<const P: usize, const FMA: bool>(
-    q: &[f32],
-    hd: usize,
-    kt: &[f32],
-    stride: usize,
-    len: usize,
-    out: &mut [f32],
-) {
+fn tile_row<const P: usize, const FMA: bool>(q: &[f32], kt: &[f32], len: usize, out: &mut [f32]) {
+    let hd = q.len();
     for j0 in (0..len).step_by(P) {
+        let base = (j0 / KEY_TILE) * hd * KEY_TILE + j0 % KEY_TILE;
         let mut acc = [0f32; P];
-        for (d, &w) in q[..hd].iter().enumerate() {
-            let k: &[f32; P] = match kt[d * stride + j0..d * stride + j0 + P].try_into() {
+        for (d, &w) in q.iter().enumerate() {
+            let at = base + d * KEY_TILE;
+            let k: &[f32; P] = match kt[at..at + P].try_into() {
                 Ok(k) => k,
                 Err(_) => unreachable!("a tile is P long"),
             };
@@ -227,9 +255,10 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
         o.fill(0.0);
         let mut pos = 0;
         for seg in input.segments {
+            let (v, vs) = seg.v.head(h, hd, width);
             for j in 0..seg.len {
                 let p = scores[pos] * norm;
-                let v = &seg.v[j * width + h * hd..j * width + (h + 1) * hd];
+                let v = &v[j * vs..j * vs + hd];
                 for (a, b) in o.iter_mut().zip(v) {
                     *a += p * b;
                 }
@@ -256,7 +285,10 @@ pub fn decode_attention_heads(
     assert!(heads.end <= input.slopes.len(), "no such head");
     assert_eq!(out.len(), heads.len() * hd, "out is not heads × head_dim");
     for s in input.segments {
-        assert!(s.v.len() >= s.len * width);
+        assert!(
+            s.v.holds(s.len, width),
+            "values are not len × n_head × head_dim"
+        );
         match s.k {
             Keys::Rows(k) => assert!(k.len() >= s.len * width),
             Keys::Transposed { kt, stride } => assert!(

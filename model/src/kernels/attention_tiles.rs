@@ -10,8 +10,11 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+// The score tiles read a tile of keys as 4 vectors of 16 or 8 of 8.
+const _: () = assert!(super::KEY_TILE == 64);
+
 /// Queries per tile: with 4 vectors of positions or columns each, 24 accumulators of the 32
-/// 512-bit registers.
+/// 512-bit registers. The last tile of a chunk has as many queries as are left: no work is wasted.
 #[cfg(target_arch = "x86_64")]
 const QT512: usize = 6;
 
@@ -21,20 +24,30 @@ const QT256: usize = 6;
 #[cfg(target_arch = "x86_64")]
 const QV256: usize = 3;
 
-/// Row pointers of the tile's queries from `t0`, the last real one repeated past `n`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn tile_rows<const N: usize>(
-    base: *const f32,
-    t0: usize,
-    n: usize,
-    stride: usize,
-) -> [*const f32; N] {
-    std::array::from_fn(|i| base.wrapping_add((t0 + i).min(n - 1) * stride))
+/// Calls `$tile::<N>($args)` with `N` the queries left from `$t0` of `$n`, at most `$max` (6 or 3).
+macro_rules! by_queries {
+    ($max:expr, $n:expr, $t0:expr, $tile:ident($($arg:expr),*)) => {
+        match ($n - $t0).min($max) {
+            1 => $tile::<1>($($arg),*),
+            2 => $tile::<2>($($arg),*),
+            3 => $tile::<3>($($arg),*),
+            4 => $tile::<4>($($arg),*),
+            5 => $tile::<5>($($arg),*),
+            _ => $tile::<6>($($arg),*),
+        }
+    };
 }
 
-/// `out[t·os + j] = Σ_d q[t·hd + d] · kt[d·stride + j]` for `t < nq`, `j < len`, with 512-bit
-/// vectors: tiles of 6 queries × 64 positions.
+/// Pointers to `N` rows `stride` apart from `base`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile_rows<const N: usize>(base: *const f32, stride: usize) -> [*const f32; N] {
+    std::array::from_fn(|i| base.wrapping_add(i * stride))
+}
+
+/// `out[t·os + j] = Σ_d q[t·hd + d] · k(d, j)` for `t < nq`, `j < len`, `kt` one head's keys tiled
+/// as in [`super::Keys::Transposed`], with 512-bit vectors: tiles of up to 6 queries × the 64
+/// positions of a tile of keys (16 KiB, contiguous).
 ///
 /// # Safety
 /// The CPU has AVX-512F; `stride` is a multiple of 64 not below `len`, `kt` holds `hd × stride`,
@@ -60,34 +73,53 @@ pub(super) unsafe fn scores_avx512(
             let n = rem.saturating_sub(16 * v).min(16);
             ((1u32 << n) - 1) as __mmask16
         });
-        let k = kt.as_ptr().add(j0);
+        let k = kt.as_ptr().add(j0 * hd);
+        let o = out.as_mut_ptr().add(j0);
         for t0 in (0..nq).step_by(QT512) {
-            let qp = tile_rows::<QT512>(q.as_ptr(), t0, nq, hd);
-            let mut acc = [[_mm512_setzero_ps(); 4]; QT512];
-            for d in 0..hd {
-                let kd = k.add(d * stride);
-                let kv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(kd.add(16 * v)));
-                for (a, p) in acc.iter_mut().zip(&qp) {
-                    let w = _mm512_set1_ps(*p.add(d));
-                    for (a, kv) in a.iter_mut().zip(&kv) {
-                        *a = _mm512_fmadd_ps(w, *kv, *a);
-                    }
-                }
+            let qp = q.as_ptr().add(t0 * hd);
+            let o = o.add(t0 * os);
+            by_queries!(QT512, nq, t0, score_tile_512(qp, hd, k, o, os, masks));
+        }
+    }
+}
+
+/// One tile of [`scores_avx512`]: `N` queries (rows `hd` apart from `q`) against the 64 positions
+/// of one tile of keys at `k`, stored at `o` (rows `os` apart) under `masks`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn score_tile_512<const N: usize>(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    o: *mut f32,
+    os: usize,
+    masks: [__mmask16; 4],
+) {
+    let qp = tile_rows::<N>(q, hd);
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    for d in 0..hd {
+        let kd = k.add(d * 64);
+        let kv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(kd.add(16 * v)));
+        for (a, p) in acc.iter_mut().zip(&qp) {
+            let w = _mm512_set1_ps(*p.add(d));
+            for (a, kv) in a.iter_mut().zip(&kv) {
+                *a = _mm512_fmadd_ps(w, *kv, *a);
             }
-            for (i, a) in acc.iter().enumerate().take(nq - t0) {
-                let o = out.as_mut_ptr().add((t0 + i) * os + j0);
-                for (v, (a, m)) in a.iter().zip(masks).enumerate() {
-                    if m != 0 {
-                        // Masked-off lanes are not written (nor touched).
-                        _mm512_mask_storeu_ps(o.wrapping_add(16 * v), m, *a);
-                    }
-                }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        let o = o.add(i * os);
+        for (v, (a, m)) in a.iter().zip(masks).enumerate() {
+            if m != 0 {
+                // Masked-off lanes are not written (nor touched).
+                _mm512_mask_storeu_ps(o.wrapping_add(16 * v), m, *a);
             }
         }
     }
 }
 
-/// [`scores_avx512`] with 256-bit vectors: tiles of 6 queries × 16 positions.
+/// [`scores_avx512`] with 256-bit vectors: tiles of up to 6 queries × 16 positions.
 ///
 /// # Safety
 /// As [`scores_avx512`], the CPU having AVX2 and FMA instead.
@@ -106,45 +138,61 @@ pub(super) unsafe fn scores_avx2(
 ) {
     debug_assert!(stride.is_multiple_of(64) && stride >= len && kt.len() >= hd * stride);
     debug_assert!(nq > 0 && q.len() >= nq * hd && os >= len && out.len() >= (nq - 1) * os + len);
-    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for j0 in (0..len).step_by(16) {
-        let rem = len - j0;
-        let masks: [__m256i; 2] = std::array::from_fn(|v| {
-            let n = rem.saturating_sub(8 * v).min(8) as i32;
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane)
-        });
-        let full = rem >= 16;
-        let k = kt.as_ptr().add(j0);
+        let n = (len - j0).min(16);
+        let k = kt.as_ptr().add((j0 / 64) * hd * 64 + j0 % 64);
+        let o = out.as_mut_ptr().add(j0);
         for t0 in (0..nq).step_by(QT256) {
-            let qp = tile_rows::<QT256>(q.as_ptr(), t0, nq, hd);
-            let mut acc = [[_mm256_setzero_ps(); 2]; QT256];
-            for d in 0..hd {
-                let kd = k.add(d * stride);
-                let kv = [_mm256_loadu_ps(kd), _mm256_loadu_ps(kd.add(8))];
-                for (a, p) in acc.iter_mut().zip(&qp) {
-                    let w = _mm256_set1_ps(*p.add(d));
-                    a[0] = _mm256_fmadd_ps(w, kv[0], a[0]);
-                    a[1] = _mm256_fmadd_ps(w, kv[1], a[1]);
-                }
-            }
-            for (i, a) in acc.iter().enumerate().take(nq - t0) {
-                let o = out.as_mut_ptr().add((t0 + i) * os + j0);
-                if full {
-                    _mm256_storeu_ps(o, a[0]);
-                    _mm256_storeu_ps(o.add(8), a[1]);
-                } else {
-                    _mm256_maskstore_ps(o, masks[0], a[0]);
-                    if rem > 8 {
-                        _mm256_maskstore_ps(o.add(8), masks[1], a[1]);
-                    }
-                }
+            let qp = q.as_ptr().add(t0 * hd);
+            let o = o.add(t0 * os);
+            by_queries!(QT256, nq, t0, score_tile_256(qp, hd, k, o, os, n));
+        }
+    }
+}
+
+/// One tile of [`scores_avx2`]: `N` queries against 16 positions of a tile of keys, of which the
+/// first `n` are stored.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn score_tile_256<const N: usize>(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    o: *mut f32,
+    os: usize,
+    n: usize,
+) {
+    let qp = tile_rows::<N>(q, hd);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for d in 0..hd {
+        let kd = k.add(d * 64);
+        let kv = [_mm256_loadu_ps(kd), _mm256_loadu_ps(kd.add(8))];
+        for (a, p) in acc.iter_mut().zip(&qp) {
+            let w = _mm256_set1_ps(*p.add(d));
+            a[0] = _mm256_fmadd_ps(w, kv[0], a[0]);
+            a[1] = _mm256_fmadd_ps(w, kv[1], a[1]);
+        }
+    }
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask =
+        |v: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.saturating_sub(8 * v) as i32), lane);
+    for (i, a) in acc.iter().enumerate() {
+        let o = o.add(i * os);
+        if n == 16 {
+            _mm256_storeu_ps(o, a[0]);
+            _mm256_storeu_ps(o.add(8), a[1]);
+        } else {
+            _mm256_maskstore_ps(o, mask(0), a[0]);
+            if n > 8 {
+                _mm256_maskstore_ps(o.add(8), mask(1), a[1]);
             }
         }
     }
 }
 
 /// `out[t·64 + c] += Σ_j p[t·ps + j] · v[j·vs + c]` for `t < bq`, `j < rows`, `c < 64`, with
-/// 512-bit vectors: tiles of 6 queries × the head's 64 columns.
+/// 512-bit vectors: tiles of up to 6 queries × the head's 64 columns.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `p` holds `(bq - 1) · ps + rows`, `v` holds `(rows - 1) · vs + 64`, `out`
@@ -162,29 +210,50 @@ pub(super) unsafe fn weighted_avx512(
     debug_assert!(bq > 0 && rows > 0 && p.len() >= (bq - 1) * ps + rows);
     debug_assert!(v.len() >= (rows - 1) * vs + 64 && out.len() >= bq * 64);
     for t0 in (0..bq).step_by(QT512) {
-        let pp = tile_rows::<QT512>(p.as_ptr(), t0, bq, ps);
-        let mut acc = [[_mm512_setzero_ps(); 4]; QT512];
-        for j in 0..rows {
-            let r = v.as_ptr().add(j * vs);
-            let x: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(r.add(16 * c)));
-            for (a, p) in acc.iter_mut().zip(&pp) {
-                let w = _mm512_set1_ps(*p.add(j));
-                for (a, x) in a.iter_mut().zip(&x) {
-                    *a = _mm512_fmadd_ps(w, *x, *a);
-                }
+        let (p, o) = (p.as_ptr().add(t0 * ps), out.as_mut_ptr().add(t0 * 64));
+        by_queries!(
+            QT512,
+            bq,
+            t0,
+            weighted_tile_512(p, ps, v.as_ptr(), vs, rows, o)
+        );
+    }
+}
+
+/// One tile of [`weighted_avx512`]: `N` rows of probabilities (`ps` apart from `p`) times `rows`
+/// value rows (`vs` apart from `v`), added to the `N` rows of 64 at `o`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn weighted_tile_512<const N: usize>(
+    p: *const f32,
+    ps: usize,
+    v: *const f32,
+    vs: usize,
+    rows: usize,
+    o: *mut f32,
+) {
+    let pp = tile_rows::<N>(p, ps);
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    for j in 0..rows {
+        let r = v.add(j * vs);
+        let x: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(r.add(16 * c)));
+        for (a, p) in acc.iter_mut().zip(&pp) {
+            let w = _mm512_set1_ps(*p.add(j));
+            for (a, x) in a.iter_mut().zip(&x) {
+                *a = _mm512_fmadd_ps(w, *x, *a);
             }
         }
-        for (i, a) in acc.iter().enumerate().take(bq - t0) {
-            let o = out.as_mut_ptr().add((t0 + i) * 64);
-            for (c, a) in a.iter().enumerate() {
-                let o = o.add(16 * c);
-                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
-            }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        for (c, a) in a.iter().enumerate() {
+            let o = o.add(i * 64 + 16 * c);
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
         }
     }
 }
 
-/// [`weighted_avx512`] with 256-bit vectors: tiles of 3 queries × 32 columns, the head's two
+/// [`weighted_avx512`] with 256-bit vectors: tiles of up to 3 queries × 32 columns, the head's two
 /// halves in turn.
 ///
 /// # Safety
@@ -203,25 +272,44 @@ pub(super) unsafe fn weighted_avx2(
     debug_assert!(v.len() >= (rows - 1) * vs + 64 && out.len() >= bq * 64);
     for half in [0, 32] {
         for t0 in (0..bq).step_by(QV256) {
-            let pp = tile_rows::<QV256>(p.as_ptr(), t0, bq, ps);
-            let mut acc = [[_mm256_setzero_ps(); 4]; QV256];
-            for j in 0..rows {
-                let r = v.as_ptr().add(j * vs + half);
-                let x: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(r.add(8 * c)));
-                for (a, p) in acc.iter_mut().zip(&pp) {
-                    let w = _mm256_set1_ps(*p.add(j));
-                    for (a, x) in a.iter_mut().zip(&x) {
-                        *a = _mm256_fmadd_ps(w, *x, *a);
-                    }
-                }
+            let (p, o) = (
+                p.as_ptr().add(t0 * ps),
+                out.as_mut_ptr().add(t0 * 64 + half),
+            );
+            let v = v.as_ptr().add(half);
+            by_queries!(QV256, bq, t0, weighted_tile_256(p, ps, v, vs, rows, o));
+        }
+    }
+}
+
+/// One tile of [`weighted_avx2`]: as [`weighted_tile_512`], over 32 columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn weighted_tile_256<const N: usize>(
+    p: *const f32,
+    ps: usize,
+    v: *const f32,
+    vs: usize,
+    rows: usize,
+    o: *mut f32,
+) {
+    let pp = tile_rows::<N>(p, ps);
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    for j in 0..rows {
+        let r = v.add(j * vs);
+        let x: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(r.add(8 * c)));
+        for (a, p) in acc.iter_mut().zip(&pp) {
+            let w = _mm256_set1_ps(*p.add(j));
+            for (a, x) in a.iter_mut().zip(&x) {
+                *a = _mm256_fmadd_ps(w, *x, *a);
             }
-            for (i, a) in acc.iter().enumerate().take(bq - t0) {
-                let o = out.as_mut_ptr().add((t0 + i) * 64 + half);
-                for (c, a) in a.iter().enumerate() {
-                    let o = o.add(8 * c);
-                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *a));
-                }
-            }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        for (c, a) in a.iter().enumerate() {
+            let o = o.add(i * 64 + 8 * c);
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *a));
         }
     }
 }
@@ -263,7 +351,8 @@ mod tests {
             let mut want = vec![7f32; nq * os];
             for t in 0..nq {
                 for j in 0..len {
-                    want[t * os + j] = (0..hd).map(|d| q[t * hd + d] * kt[d * stride + j]).sum();
+                    let tile = (j / 64) * hd * 64 + j % 64;
+                    want[t * os + j] = (0..hd).map(|d| q[t * hd + d] * kt[tile + d * 64]).sum();
                 }
             }
             type Scores = unsafe fn(&[f32], usize, usize, &[f32], usize, usize, &mut [f32], usize);

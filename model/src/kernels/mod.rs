@@ -27,8 +27,8 @@ mod weights;
 use std::sync::OnceLock;
 
 pub use attention::{
-    decode_attention, decode_attention_heads, transpose_keys, AttentionInput, Keys, KvSegment,
-    KEY_TILE,
+    decode_attention, decode_attention_heads, transpose_keys, values_per_head, AttentionInput,
+    Keys, KvSegment, Values, KEY_TILE,
 };
 pub use elementwise::{add, gelu, layer_norm};
 pub use prefill::prefill_attention_heads;

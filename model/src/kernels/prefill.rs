@@ -2,10 +2,10 @@
 //! in segments (a shared prefix, then the sequence's own, the chunk's included).
 //!
 //! Per head, in blocks of queries: the scores of a block against the keys it can see (no work above
-//! the causal diagonal beyond the block) are a small matrix product on the f32 kernel, then ALiBi,
-//! the mask and the softmax in place, then the product with the values (transposed per block so the
-//! kernel reads both operands along rows). The operands of one head are gathered into contiguous
-//! scratch for the duration of the call; the caches themselves are only read.
+//! the causal diagonal beyond the block) — the f32 kernel over a sequence's own key rows, the
+//! register tiles over a shared prefix's transposed keys — then ALiBi, the mask and the softmax in
+//! place, then the probabilities times each segment's values, several queries per value row. The
+//! caches are read in place, never copied.
 
 use super::attention::{scores_transposed, Keys, KvSegment};
 use super::elementwise::{exp, sum};
@@ -150,7 +150,7 @@ fn attention<const FMA: bool, const WIDE: bool>(
             for seg in segments {
                 let rows = seg.len.min(seen.saturating_sub(first));
                 if rows > 0 {
-                    let v = (&seg.v[h * hd..], width);
+                    let v = seg.v.head(h, hd, width);
                     weighted_rows::<FMA, WIDE>(&scores[first..], seen, bq, v, rows, hd, ctx);
                 }
                 first += seg.len;

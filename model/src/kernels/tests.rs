@@ -179,23 +179,29 @@ fn decode_attention_matches_libtorch_across_segments() {
     let want = to_vec(&scores.softmax(-1, Kind::Float).bmm(&vh));
     let (ks, vs) = (to_vec(&k), to_vec(&v));
     let split = prefix * width;
-    // The prefix's keys as rows, and transposed as a shared system prompt's are.
+    // The prefix as rows, and laid out per head as a shared system prompt's is.
     let stride = prefix.div_ceil(KEY_TILE) * KEY_TILE;
     let mut kt = vec![0f32; width * stride];
-    transpose_keys(&ks[..split], prefix, width, stride, &mut kt);
-    for prefix_keys in [
-        Keys::Rows(&ks[..split]),
-        Keys::Transposed { kt: &kt, stride },
+    transpose_keys(&ks[..split], prefix, (width, hd), stride, &mut kt);
+    let mut vh = vec![0f32; split];
+    values_per_head(&vs[..split], prefix, (width, hd), &mut vh);
+    let per_head = Values::PerHead {
+        v: &vh,
+        positions: prefix,
+    };
+    for (prefix_keys, prefix_values) in [
+        (Keys::Rows(&ks[..split]), Values::Rows(&vs[..split])),
+        (Keys::Transposed { kt: &kt, stride }, per_head),
     ] {
         let segments = [
             KvSegment {
                 k: prefix_keys,
-                v: &vs[..split],
+                v: prefix_values,
                 len: prefix,
             },
             KvSegment {
                 k: Keys::Rows(&ks[split..]),
-                v: &vs[split..],
+                v: Values::Rows(&vs[split..]),
                 len: own,
             },
         ];

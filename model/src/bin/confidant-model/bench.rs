@@ -348,7 +348,7 @@ pub fn run_kernels(
 /// over a shared system prompt of bloom-560m's 2 KiB (1,305 tokens, keys transposed as at boot):
 /// what a long system prompt adds to a turn, per layer.
 fn prefix_attention() -> Vec<serde_json::Value> {
-    use confidant_model::kernels::{self, Keys, KvSegment, KEY_TILE};
+    use confidant_model::kernels::{self, Keys, KvSegment, Values, KEY_TILE};
     let (nh, hd, prefix) = (16usize, 64usize, 1305usize);
     let width = nh * hd;
     let stride = prefix.next_multiple_of(KEY_TILE);
@@ -359,8 +359,15 @@ fn prefix_attention() -> Vec<serde_json::Value> {
             .collect()
     };
     let mut kt = vec![0f32; width * stride];
-    kernels::transpose_keys(&fill(prefix * width, 1), prefix, width, stride, &mut kt);
-    let pv = fill(prefix * width, 2);
+    kernels::transpose_keys(
+        &fill(prefix * width, 1),
+        prefix,
+        (width, hd),
+        stride,
+        &mut kt,
+    );
+    let mut pv = vec![0f32; prefix * width];
+    kernels::values_per_head(&fill(prefix * width, 2), prefix, (width, hd), &mut pv);
     let slopes: Vec<f32> = (0..nh).map(|h| 0.5f32.powi(h as i32 / 2 + 1)).collect();
     let mut results = Vec::new();
     for n in [1usize, 20] {
@@ -368,12 +375,15 @@ fn prefix_attention() -> Vec<serde_json::Value> {
         let segments = [
             KvSegment {
                 k: Keys::Transposed { kt: &kt, stride },
-                v: &pv,
+                v: Values::PerHead {
+                    v: &pv,
+                    positions: prefix,
+                },
                 len: prefix,
             },
             KvSegment {
                 k: Keys::Rows(&own_k),
-                v: &own_v,
+                v: Values::Rows(&own_v),
                 len: n,
             },
         ];
