@@ -555,14 +555,26 @@ pub fn run_engine(args: &EngineBenchArgs) -> Result<u8, String> {
         next_id
     };
 
-    // Alone, then while `others` answers stream (decode steps timed from the engine's counter).
+    // Alone, and as the first turn after a system prompt of `system_bytes` (computed at spawn, in
+    // a second engine): alternately, so both see the same state of a noisy machine.
+    let sentence =
+        "You answer members' questions about their health plan: coverage, costs, claims. ";
+    let system: String = sentence.chars().cycle().take(args.system_bytes).collect();
     let t = timed_engine(args, "", args.others + 1)?;
+    let ts = timed_engine(args, &system, 1)?;
     ttft_alone(&t, id())?; // warm-up
-    let alone = median(
-        (0..repeat)
-            .map(|_| ttft_alone(&t, id()))
-            .collect::<Result<_, _>>()?,
-    );
+    ttft_alone(&ts, id())?;
+    let (mut alone, mut with_system) = (Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        alone.push(ttft_alone(&t, id())?);
+        with_system.push(ttft_alone(&ts, id())?);
+    }
+    let (alone, with_system) = (median(alone), median(with_system));
+    let prefix_bytes = ts.engine.stats().kv_bytes.load(Ordering::Acquire);
+    let system_tokens = ts.system_tokens;
+    drop(ts);
+
+    // While `others` answers stream (decode steps timed from the engine's counter).
     let mut loaded = Vec::new();
     let mut step_ms = Vec::new();
     for _ in 0..repeat {
@@ -604,21 +616,6 @@ pub fn run_engine(args: &EngineBenchArgs) -> Result<u8, String> {
     }
     drop(t);
     let (loaded, step) = (median(loaded), median(step_ms));
-
-    // A system prompt of `system_bytes`, computed at spawn: the first turn after it.
-    let sentence =
-        "You answer members' questions about their health plan: coverage, costs, claims. ";
-    let system: String = sentence.chars().cycle().take(args.system_bytes).collect();
-    let t = timed_engine(args, &system, 1)?;
-    ttft_alone(&t, id())?;
-    let with_system = median(
-        (0..repeat)
-            .map(|_| ttft_alone(&t, id()))
-            .collect::<Result<_, _>>()?,
-    );
-    let prefix_bytes = t.engine.stats().kv_bytes.load(Ordering::Acquire);
-    let system_tokens = t.system_tokens;
-    drop(t);
 
     println!(
         "{}",
