@@ -268,6 +268,28 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
     }
 }
 
+/// Checks that every segment holds its `len` positions of keys and values of `width`: the register
+/// tiles read them through raw pointers, so a malformed segment must stop here, not read past its
+/// slices.
+///
+/// # Panics
+/// If a segment's shapes do not agree (a bug of the caller).
+pub(super) fn check_segments(segments: &[KvSegment<'_>], width: usize) {
+    for s in segments {
+        assert!(
+            s.v.holds(s.len, width),
+            "values are not len × n_head × head_dim"
+        );
+        match s.k {
+            Keys::Rows(k) => assert!(k.len() >= s.len * width),
+            Keys::Transposed { kt, stride } => assert!(
+                stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
+                "transposed keys are not n_head × head_dim × stride"
+            ),
+        }
+    }
+}
+
 /// Writes the attention output of `heads` (`[heads.len(), head_dim]`) into `out`; `scores` is
 /// scratch.
 ///
@@ -284,19 +306,7 @@ pub fn decode_attention_heads(
     assert_eq!(input.q.len(), width, "q is not n_head × head_dim");
     assert!(heads.end <= input.slopes.len(), "no such head");
     assert_eq!(out.len(), heads.len() * hd, "out is not heads × head_dim");
-    for s in input.segments {
-        assert!(
-            s.v.holds(s.len, width),
-            "values are not len × n_head × head_dim"
-        );
-        match s.k {
-            Keys::Rows(k) => assert!(k.len() >= s.len * width),
-            Keys::Transposed { kt, stride } => assert!(
-                stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
-                "transposed keys are not n_head × head_dim × stride"
-            ),
-        }
-    }
+    check_segments(input.segments, width);
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw,fma")]

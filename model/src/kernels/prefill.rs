@@ -7,7 +7,7 @@
 //! place, then the probabilities times each segment's values, several queries per value row. The
 //! caches are read in place, never copied.
 
-use super::attention::{scores_transposed, Keys, KvSegment};
+use super::attention::{check_segments, scores_transposed, Keys, KvSegment};
 use super::elementwise::{exp, sum};
 use super::{isa, matmul_local, Isa};
 
@@ -81,6 +81,7 @@ fn attention<const FMA: bool, const WIDE: bool>(
     let width = slopes.len() * hd;
     let total: usize = segments.iter().map(|s| s.len).sum();
     assert!(n <= total && q.len() == n * width && heads.end <= slopes.len());
+    check_segments(segments, width);
     assert_eq!(
         out.len(),
         n * heads.len() * hd,
