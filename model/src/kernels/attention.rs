@@ -9,6 +9,7 @@
 //! position, and each tile's keys are one contiguous block; values one contiguous block per head.
 //! Rows put a head's 256 bytes 4 KiB apart: over a 1,305-token prefix, a page per position.
 
+use super::attention_bf16::{paired, round_rows, scores_bf16, weighted_bf16};
 use super::elementwise::{exp, sum};
 use super::{isa, Isa};
 
@@ -26,6 +27,9 @@ pub enum Keys<'a> {
     /// j % T`. `stride` is a multiple of [`KEY_TILE`] at least the segment's length, the padding
     /// zero.
     Transposed { kt: &'a [f32], stride: usize },
+    /// As `Transposed`, rounded to bf16, each tile's dims in pairs (see
+    /// [`super::attention_bf16`]).
+    TransposedBf16 { kt: &'a [u16], stride: usize },
 }
 
 /// How a segment's values are laid out.
@@ -36,19 +40,38 @@ pub enum Values<'a> {
     /// Per head, `positions` rows of `head_dim` (`[n_head][positions][head_dim]`); `positions` is
     /// the whole segment's, which a query may see only the start of.
     PerHead { v: &'a [f32], positions: usize },
+    /// As `PerHead`, rounded to bf16, the positions in pairs (see [`super::attention_bf16`]).
+    PerHeadBf16 { v: &'a [u16], positions: usize },
 }
 
 impl<'a> Values<'a> {
-    /// Head `h`'s values from the first position, and the distance from one position's to the
-    /// next.
+    /// Head `h`'s f32 values from the first position, and the distance from one position's to
+    /// the next (nothing for a segment without positions); `None` for bf16 values.
     #[inline(always)]
-    /// next (nothing for a segment without positions).
-    pub(super) fn head(self, h: usize, head_dim: usize, width: usize) -> (&'a [f32], usize) {
+    pub(super) fn head(
+        self,
+        h: usize,
+        head_dim: usize,
+        width: usize,
+    ) -> Option<(&'a [f32], usize)> {
         let (v, start, step) = match self {
             Values::Rows(v) => (v, h * head_dim, width),
             Values::PerHead { v, positions } => (v, h * positions * head_dim, head_dim),
+            Values::PerHeadBf16 { .. } => return None,
         };
-        (v.get(start..).unwrap_or_default(), step)
+        Some((v.get(start..).unwrap_or_default(), step))
+    }
+
+    /// Head `h`'s bf16 values from the first pair of positions; `None` for f32 values.
+    #[inline(always)]
+    pub(super) fn head_bf16(self, h: usize, head_dim: usize) -> Option<&'a [u16]> {
+        match self {
+            Values::PerHeadBf16 { v, positions } => Some(
+                v.get(h * paired(positions) * head_dim..)
+                    .unwrap_or_default(),
+            ),
+            Values::Rows(_) | Values::PerHead { .. } => None,
+        }
     }
 
     /// Whether it holds `len` positions of `width`.
@@ -56,6 +79,9 @@ impl<'a> Values<'a> {
         match self {
             Values::Rows(v) => v.len() >= len * width,
             Values::PerHead { v, positions } => positions >= len && v.len() >= positions * width,
+            Values::PerHeadBf16 { v, positions } => {
+                positions >= len && v.len() >= paired(positions) * width
+            }
         }
     }
 }
@@ -220,6 +246,8 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
     let inv = 1.0 / (hd as f32).sqrt();
     scores.clear();
     scores.resize(total, 0.0);
+    // The query and the probabilities rounded for bf16 segments.
+    let (mut qb, mut pb) = (Vec::new(), Vec::new());
     for (h, o) in heads.clone().zip(out.chunks_exact_mut(hd)) {
         let q = &input.q[h * hd..(h + 1) * hd];
         let slope = input.slopes[h];
@@ -246,24 +274,41 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
                         pos += 1;
                     }
                 }
+                Keys::TransposedBf16 { kt, stride } => {
+                    round_rows(q, hd, 1, hd, &mut qb);
+                    let row = &mut scores[pos..pos + seg.len];
+                    let kt = &kt[h * hd * stride..(h + 1) * hd * stride];
+                    scores_bf16(&qb, 1, hd, kt, stride, seg.len, row, seg.len);
+                    for s in row.iter_mut() {
+                        *s = *s * inv + slope * pos as f32;
+                        max = max.max(*s);
+                        pos += 1;
+                    }
+                }
             }
         }
         for s in scores.iter_mut() {
             *s = exp(*s - max);
         }
         let norm = 1.0 / sum(scores);
+        for s in scores.iter_mut() {
+            *s *= norm;
+        }
         o.fill(0.0);
         let mut pos = 0;
         for seg in input.segments {
-            let (v, vs) = seg.v.head(h, hd, width);
-            for j in 0..seg.len {
-                let p = scores[pos] * norm;
-                let v = &v[j * vs..j * vs + hd];
-                for (a, b) in o.iter_mut().zip(v) {
-                    *a += p * b;
+            let p = &scores[pos..pos + seg.len];
+            if let Some((v, vs)) = seg.v.head(h, hd, width) {
+                for (j, p) in p.iter().enumerate() {
+                    for (a, b) in o.iter_mut().zip(&v[j * vs..j * vs + hd]) {
+                        *a += p * b;
+                    }
                 }
-                pos += 1;
+            } else if let Some(v) = seg.v.head_bf16(h, hd) {
+                let ps = round_rows(p, seg.len, 1, seg.len, &mut pb);
+                weighted_bf16(&pb, ps, 1, v, seg.len, hd, o);
             }
+            pos += seg.len;
         }
     }
 }
@@ -285,6 +330,10 @@ pub(super) fn check_segments(segments: &[KvSegment<'_>], width: usize) {
             Keys::Transposed { kt, stride } => assert!(
                 stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
                 "transposed keys are not n_head × head_dim × stride"
+            ),
+            Keys::TransposedBf16 { kt, stride } => assert!(
+                stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
+                "transposed bf16 keys are not n_head × head_dim × stride"
             ),
         }
     }

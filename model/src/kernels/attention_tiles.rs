@@ -24,20 +24,6 @@ const QT256: usize = 6;
 #[cfg(target_arch = "x86_64")]
 const QV256: usize = 3;
 
-/// Calls `$tile::<N>($args)` with `N` the queries left from `$t0` of `$n`, at most `$max` (6 or 3).
-macro_rules! by_queries {
-    ($max:expr, $n:expr, $t0:expr, $tile:ident($($arg:expr),*)) => {
-        match ($n - $t0).min($max) {
-            1 => $tile::<1>($($arg),*),
-            2 => $tile::<2>($($arg),*),
-            3 => $tile::<3>($($arg),*),
-            4 => $tile::<4>($($arg),*),
-            5 => $tile::<5>($($arg),*),
-            _ => $tile::<6>($($arg),*),
-        }
-    };
-}
-
 /// Pointers to `N` rows `stride` apart from `base`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]

@@ -14,6 +14,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::attention_bf16::to_bf16;
 use super::weights::{Matrix, Raw, SCALE_UNIT};
 use super::OutRows;
 
@@ -28,16 +29,6 @@ pub(crate) enum Prepared {
         scales: Vec<f32>,
         offsets: Vec<i32>,
     },
-}
-
-/// Rounds to bf16 (nearest even), as `vcvtne2ps2bf16` does.
-fn to_bf16(v: f32) -> u16 {
-    let bits = v.to_bits();
-    if v.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    let round = 0x7fff + ((bits >> 16) & 1);
-    ((bits + round) >> 16) as u16
 }
 
 /// The activations for `w`'s kind.

@@ -13,7 +13,23 @@
 
 #![allow(unsafe_code)]
 
+/// Calls `$tile::<N>($args)` with `N` the queries left from `$t0` of `$n`, at most `$max` (6 or 3):
+/// the attention's register tiles, whose last tile of queries is sized to those left.
+macro_rules! by_queries {
+    ($max:expr, $n:expr, $t0:expr, $tile:ident($($arg:expr),*)) => {
+        match ($n - $t0).min($max) {
+            1 => $tile::<1>($($arg),*),
+            2 => $tile::<2>($($arg),*),
+            3 => $tile::<3>($($arg),*),
+            4 => $tile::<4>($($arg),*),
+            5 => $tile::<5>($($arg),*),
+            _ => $tile::<6>($($arg),*),
+        }
+    };
+}
+
 mod attention;
+mod attention_bf16;
 mod attention_tiles;
 mod avx2;
 mod avx2_int8;
@@ -30,6 +46,7 @@ pub use attention::{
     decode_attention, decode_attention_heads, transpose_keys, values_per_head, AttentionInput,
     Keys, KvSegment, Values, KEY_TILE,
 };
+pub use attention_bf16::{paired, transpose_keys_bf16, values_per_head_bf16};
 pub use elementwise::{add, gelu, layer_norm};
 pub use prefill::prefill_attention_heads;
 use weights::Raw;

@@ -8,6 +8,7 @@
 //! caches are read in place, never copied.
 
 use super::attention::{check_segments, scores_transposed, Keys, KvSegment};
+use super::attention_bf16::{round_rows, scores_bf16, weighted_bf16};
 use super::elementwise::{exp, sum};
 use super::{isa, matmul_local, Isa};
 
@@ -93,6 +94,8 @@ fn attention<const FMA: bool, const WIDE: bool>(
     let mut qh = vec![0f32; n * hd];
     let mut scores = Vec::new();
     let mut ctx = vec![0f32; QUERY_BLOCK * hd];
+    // A block's queries and probabilities rounded for bf16 segments.
+    let (mut qb, mut pb) = (Vec::new(), Vec::new());
     // ALiBi's key positions.
     let positions: Vec<f32> = (0..total).map(|j| j as f32).collect();
     for (c, h) in heads.clone().enumerate() {
@@ -135,6 +138,19 @@ fn attention<const FMA: bool, const WIDE: bool>(
                             &mut scores[first..],
                             seen,
                         ),
+                        Keys::TransposedBf16 { kt, stride } => {
+                            round_rows(block, hd, bq, hd, &mut qb);
+                            scores_bf16(
+                                &qb,
+                                bq,
+                                hd,
+                                &kt[h * hd * stride..(h + 1) * hd * stride],
+                                stride,
+                                rows,
+                                &mut scores[first..],
+                                seen,
+                            )
+                        }
                     }
                 }
                 first += seg.len;
@@ -151,8 +167,12 @@ fn attention<const FMA: bool, const WIDE: bool>(
             for seg in segments {
                 let rows = seg.len.min(seen.saturating_sub(first));
                 if rows > 0 {
-                    let v = seg.v.head(h, hd, width);
-                    weighted_rows::<FMA, WIDE>(&scores[first..], seen, bq, v, rows, hd, ctx);
+                    if let Some(v) = seg.v.head(h, hd, width) {
+                        weighted_rows::<FMA, WIDE>(&scores[first..], seen, bq, v, rows, hd, ctx);
+                    } else if let Some(v) = seg.v.head_bf16(h, hd) {
+                        let ps = round_rows(&scores[first..], seen, bq, rows, &mut pb);
+                        weighted_bf16(&pb, ps, bq, v, rows, hd, ctx);
+                    }
                 }
                 first += seg.len;
             }
@@ -172,11 +192,17 @@ fn softmax_alibi(row: &mut [f32], positions: &[f32], slope: f32) {
     let (chunks, tail) = row.as_chunks_mut::<LANES>();
     let (pos_chunks, pos_tail) = positions.as_chunks::<LANES>();
     for (chunk, pos) in chunks.iter_mut().zip(pos_chunks) {
-        for ((s, p), m) in chunk.iter_mut().zip(pos).zip(max.iter_mut()) {
-            *s += slope * p;
-            // A select, not `f32::max`: it vectorizes.
-            *m = if *s > *m { *s } else { *m };
+        // Whole arrays, one operation at a time: written element by element (add, then the
+        // maximum) the compiler emitted scalar adds and packed them for the maximum.
+        let mut v = [0f32; LANES];
+        for ((v, s), p) in v.iter_mut().zip(chunk.iter()).zip(pos) {
+            *v = s + slope * p;
         }
+        for (m, v) in max.iter_mut().zip(&v) {
+            // A select, not `f32::max`: it vectorizes.
+            *m = if *v > *m { *v } else { *m };
+        }
+        *chunk = v;
     }
     for ((s, p), m) in tail.iter_mut().zip(pos_tail).zip(max.iter_mut()) {
         *s += slope * p;
