@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 
 use rayon::prelude::*;
 
-use super::cache::KvCache;
+use super::cache::{KvCache, KvPrecision};
 use super::config::BloomConfig;
 use super::kernels::{self, AttentionInput, Keys, KvSegment, Matrix, Values};
 use super::weights::Weights;
@@ -288,6 +288,19 @@ impl Bloom {
     /// Number of transformer blocks.
     pub fn layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// The precision a shared system prompt's keys and values are kept in: bf16 for bf16 and int8
+    /// weights where the CPU multiplies bf16 pairs (twice the products per instruction, half the
+    /// bytes per decoding token), else f32. An f32 model keeps f32 throughout.
+    pub fn prefix_precision(&self) -> KvPrecision {
+        let narrow = self.dtype != Dtype::F32;
+        let pairs = self.config.head_dim().is_multiple_of(2);
+        if narrow && pairs && kernels::isa() == kernels::Isa::Avx512Dot {
+            KvPrecision::Bf16
+        } else {
+            KvPrecision::F32
+        }
     }
 
     /// An empty cache for this model.
@@ -667,8 +680,9 @@ mod tests {
 
     use super::alibi_slopes;
     use crate::kernels::{
-        decode_attention_heads, prefill_attention_heads, transpose_keys, values_per_head,
-        AttentionInput, Keys, KvSegment, Values, KEY_TILE,
+        decode_attention_heads, paired, prefill_attention_heads, transpose_keys,
+        transpose_keys_bf16, values_per_head, values_per_head_bf16, AttentionInput, Keys,
+        KvSegment, Values, KEY_TILE,
     };
 
     #[test]
@@ -722,13 +736,39 @@ mod tests {
                 },
                 rows[1],
             ];
-            for kv in [rows, transposed] {
+            // And in bf16, as bf16 and int8 models keep it where the CPU multiplies bf16 pairs:
+            // against the same layout query by query (the same rounding), and against the f32 rows
+            // within bf16's precision.
+            let mut pkb = vec![0u16; w * stride];
+            transpose_keys_bf16(&pk, prefix, (w, hd), stride, &mut pkb);
+            let mut pvb = vec![0u16; paired(prefix) * w];
+            values_per_head_bf16(&pv, prefix, (w, hd), &mut pvb);
+            let bf16 = [
+                KvSegment {
+                    k: Keys::TransposedBf16 { kt: &pkb, stride },
+                    v: Values::PerHeadBf16 {
+                        v: &pvb,
+                        positions: prefix,
+                    },
+                    len: prefix,
+                },
+                rows[1],
+            ];
+            let cases = [
+                (rows, rows, 1e-5),
+                (transposed, rows, 1e-5),
+                // The prompt chunk rounds the query scaled by 1/√d, a decoding token the query:
+                // the same for heads of 64 (an exact power of two), not for heads of 8.
+                (bf16, bf16, if hd == 64 { 1e-5 } else { 4e-3 }),
+                (bf16, rows, 5e-3),
+            ];
+            for (kv, reference, tolerance) in cases {
                 let mut got = vec![0f32; n * 3 * hd];
                 prefill_attention_heads(&q, &kv, n, &slopes, 1..4, hd, &mut got);
                 for j in 0..n {
                     let visible = own - n + j + 1;
                     let segs = [
-                        rows[0],
+                        reference[0],
                         KvSegment {
                             len: visible,
                             ..rows[1]
@@ -748,7 +788,7 @@ mod tests {
                         .zip(&want)
                         .map(|(a, b)| (a - b).abs())
                         .fold(0f32, f32::max);
-                    assert!(worst < 1e-5, "{prefix}/{own}/{n}, query {j}: {worst}");
+                    assert!(worst < tolerance, "{prefix}/{own}/{n}, query {j}: {worst}");
                 }
             }
         }

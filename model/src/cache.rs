@@ -1,12 +1,13 @@
 //! The key/value cache of one sequence: per layer, the keys and values of every position seen so
-//! far, in f32 whatever the weights' dtype (the attention reads them at full precision).
+//! far, its own in f32 whatever the weights' dtype (the attention reads them at full precision).
 //!
 //! A cache may start with a shared [`Prefix`]: the system prompt's keys and values, computed once at
 //! boot and read (never copied) by every conversation that starts with it. It is laid out per head
 //! ([`Keys::Transposed`], [`Values::PerHead`]): the layout in which every question's attention over
 //! the long prompt is a register-blocked product over contiguous memory rather than a dot product
-//! per position over rows 4 KiB apart. The sequence's own
-//! positions follow in its own [`KvBlock`], whose memory is reserved up front for the whole turn
+//! per position over rows 4 KiB apart. For models narrower than f32 it may be kept in bf16
+//! ([`KvPrecision`]), which halves its bytes and doubles the rate of its products on CPUs that
+//! multiply bf16 pairs. The sequence's own positions follow in its own [`KvBlock`], whose memory is reserved up front for the whole turn
 //! (so a failed allocation fails that sequence before any model work, not the process later).
 
 use std::sync::Arc;
@@ -14,7 +15,10 @@ use std::sync::Arc;
 use zeroize::Zeroize;
 
 use super::ModelError;
-use crate::kernels::{transpose_keys, values_per_head, Keys, Values, KEY_TILE};
+use crate::kernels::{
+    paired, transpose_keys, transpose_keys_bf16, values_per_head, values_per_head_bf16, Keys,
+    Values, KEY_TILE,
+};
 
 /// `v` moved into an allocation of exactly `capacity` elements (or an error when the memory is not
 /// there); the old allocation is wiped before it is freed. Keys and values are derived from the
@@ -103,13 +107,29 @@ impl Drop for KvBlock {
     }
 }
 
+/// The precision a shared prefix's keys and values are kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPrecision {
+    F32,
+    /// Rounded to bf16 (see [`crate::kernels::transpose_keys_bf16`]): for models whose weights
+    /// are narrower than f32, where the CPU multiplies bf16 pairs natively.
+    Bf16,
+}
+
+/// A prefix's keys (transposed per head, in tiles) and values (per head), per layer.
+#[derive(Debug)]
+enum PrefixKv {
+    F32(Vec<(Vec<f32>, Vec<f32>)>),
+    Bf16(Vec<(Vec<u16>, Vec<u16>)>),
+}
+
 /// The system prompt's keys and values, shared by every conversation that starts with it.
 #[derive(Debug)]
 pub struct Prefix {
     tokens: Vec<i64>,
-    /// In place of the rows of keys and values, the keys transposed and the values per head (see
-    /// [`Prefix::layer`]).
-    kv: KvBlock,
+    kv: PrefixKv,
+    len: usize,
+    width: usize,
     /// Positions per row of transposed keys (the length rounded up to [`KEY_TILE`]).
     stride: usize,
 }
@@ -117,6 +137,16 @@ pub struct Prefix {
 impl Drop for Prefix {
     fn drop(&mut self) {
         self.tokens.zeroize();
+        match &mut self.kv {
+            PrefixKv::F32(layers) => layers.iter_mut().for_each(|(k, v)| {
+                k.zeroize();
+                v.zeroize();
+            }),
+            PrefixKv::Bf16(layers) => layers.iter_mut().for_each(|(k, v)| {
+                k.zeroize();
+                v.zeroize();
+            }),
+        }
     }
 }
 
@@ -127,31 +157,56 @@ impl Prefix {
     }
 
     pub fn len(&self) -> usize {
-        self.kv.len
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kv.len == 0
+        self.len == 0
+    }
+
+    /// The precision its keys and values are kept in.
+    pub fn precision(&self) -> KvPrecision {
+        match self.kv {
+            PrefixKv::F32(_) => KvPrecision::F32,
+            PrefixKv::Bf16(_) => KvPrecision::Bf16,
+        }
+    }
+
+    fn layers(&self) -> usize {
+        match &self.kv {
+            PrefixKv::F32(l) => l.len(),
+            PrefixKv::Bf16(l) => l.len(),
+        }
     }
 
     /// Keys (transposed per head, in tiles) and values (per head) of layer `i`.
     pub fn layer(&self, i: usize) -> (Keys<'_>, Values<'_>) {
-        let (kt, v) = &self.kv.layers[i];
-        (
-            Keys::Transposed {
-                kt,
-                stride: self.stride,
-            },
-            Values::PerHead {
-                v: &v[..self.kv.len * self.kv.width],
-                positions: self.kv.len,
-            },
-        )
+        let (stride, positions) = (self.stride, self.len);
+        match &self.kv {
+            PrefixKv::F32(layers) => {
+                let (kt, v) = &layers[i];
+                (
+                    Keys::Transposed { kt, stride },
+                    Values::PerHead { v, positions },
+                )
+            }
+            PrefixKv::Bf16(layers) => {
+                let (kt, v) = &layers[i];
+                (
+                    Keys::TransposedBf16 { kt, stride },
+                    Values::PerHeadBf16 { v, positions },
+                )
+            }
+        }
     }
 
     /// Bytes its keys and values take.
     pub fn bytes(&self) -> u64 {
-        ((self.stride + self.kv.len) * self.kv.width * 4 * self.kv.layers.len()) as u64
+        let (positions, size) = match self.kv {
+            PrefixKv::F32(_) => (self.stride + self.len, 4),
+            PrefixKv::Bf16(_) => (self.stride + paired(self.len), 2),
+        };
+        (positions * self.width * size * self.layers()) as u64
     }
 }
 
@@ -173,7 +228,7 @@ impl KvCache {
 
     /// A cache that starts after `prefix` (whose memory it shares).
     pub fn with_prefix(prefix: Arc<Prefix>) -> KvCache {
-        let own = KvBlock::new(prefix.kv.layers.len(), prefix.kv.width);
+        let own = KvBlock::new(prefix.layers(), prefix.width);
         KvCache {
             prefix: Some(prefix),
             own,
@@ -269,8 +324,13 @@ impl KvCache {
     }
 
     /// Turns a cache that ran `tokens` from empty into a shareable prefix, laid out per head (of
-    /// `n_head`).
-    pub fn into_prefix(mut self, tokens: Vec<i64>, n_head: usize) -> Result<Prefix, ModelError> {
+    /// `n_head`) in `precision`.
+    pub fn into_prefix(
+        mut self,
+        tokens: Vec<i64>,
+        n_head: usize,
+        precision: KvPrecision,
+    ) -> Result<Prefix, ModelError> {
         if self.prefix.is_some() || tokens.len() != self.own.len {
             return Err(ModelError::Input(
                 "a prefix is made from a cache that ran exactly its tokens from empty".into(),
@@ -282,30 +342,58 @@ impl KvCache {
                 "{n_head} heads do not divide a key of {width}"
             )));
         }
+        let shape = (width, width / n_head);
+        if precision == KvPrecision::Bf16 && !shape.1.is_multiple_of(2) {
+            return Err(ModelError::Input(format!(
+                "bf16 keys pair the dimensions of a head, and heads of {} do not pair",
+                shape.1
+            )));
+        }
         self.shrink();
         let stride = len.div_ceil(KEY_TILE) * KEY_TILE;
-        let shape = (width, width / n_head);
-        let no_memory =
-            || ModelError::Memory("no memory for the system prompt's keys and values".into());
-        for (k, v) in &mut self.own.layers {
-            let mut kt = Vec::new();
-            kt.try_reserve_exact(width * stride)
-                .map_err(|_| no_memory())?;
-            kt.resize(width * stride, 0.0);
-            transpose_keys(k, len, shape, stride, &mut kt);
-            k.zeroize();
-            *k = kt;
-            let mut vh = Vec::new();
-            vh.try_reserve_exact(len * width).map_err(|_| no_memory())?;
-            vh.resize(len * width, 0.0);
-            values_per_head(v, len, shape, &mut vh);
-            v.zeroize();
-            *v = vh;
-        }
-        Ok(Prefix {
+        // Filled layer by layer; on an error both drop, and both wipe what they hold.
+        let mut prefix = Prefix {
             tokens,
-            kv: std::mem::take(&mut self.own),
+            kv: match precision {
+                KvPrecision::F32 => PrefixKv::F32(Vec::new()),
+                KvPrecision::Bf16 => PrefixKv::Bf16(Vec::new()),
+            },
+            len,
+            width,
             stride,
-        })
+        };
+        for (k, v) in &mut self.own.layers {
+            // Both allocated before either is filled, so a failure leaves nothing unwiped.
+            match &mut prefix.kv {
+                PrefixKv::F32(layers) => {
+                    let (mut kt, mut vh) = (zeroed(width * stride)?, zeroed(len * width)?);
+                    transpose_keys(k, len, shape, stride, &mut kt);
+                    values_per_head(v, len, shape, &mut vh);
+                    layers.push((kt, vh));
+                }
+                PrefixKv::Bf16(layers) => {
+                    let (mut kt, mut vh) = (zeroed(width * stride)?, zeroed(paired(len) * width)?);
+                    transpose_keys_bf16(k, len, shape, stride, &mut kt);
+                    values_per_head_bf16(v, len, shape, &mut vh);
+                    layers.push((kt, vh));
+                }
+            }
+            // The rows are not needed past here: free them as we go.
+            k.zeroize();
+            *k = Vec::new();
+            v.zeroize();
+            *v = Vec::new();
+        }
+        Ok(prefix)
     }
+}
+
+/// `n` zeros, or an error when the memory is not there.
+fn zeroed<T: Default + Clone>(n: usize) -> Result<Vec<T>, ModelError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        ModelError::Memory("no memory for the system prompt's keys and values".into())
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
 }

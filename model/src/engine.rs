@@ -310,6 +310,7 @@ fn system_prefix(
     Ok(Some(Arc::new(cache.into_prefix(
         tokens.to_vec(),
         model.model.config.n_head,
+        model.model.prefix_precision(),
     )?)))
 }
 
