@@ -345,8 +345,8 @@ pub fn run_kernels(
 }
 
 /// One layer's attention (16 heads of 64, one thread) of a question chunk and of a decoding token
-/// over a shared system prompt of bloom-560m's 2 KiB (1,305 tokens, keys transposed as at boot):
-/// what a long system prompt adds to a turn, per layer.
+/// over a shared system prompt of bloom-560m's 2 KiB (1,305 tokens, laid out per head as at boot,
+/// in f32 and in bf16): what a long system prompt adds to a turn, per layer.
 fn prefix_attention() -> Vec<serde_json::Value> {
     use confidant_model::kernels::{self, Keys, KvSegment, Values, KEY_TILE};
     let (nh, hd, prefix) = (16usize, 64usize, 1305usize);
@@ -358,63 +358,83 @@ fn prefix_attention() -> Vec<serde_json::Value> {
             .map(|i| (((i * 2_654_435_761 + seed) % 1000) as f32 / 1000.0 - 0.5) * 0.2)
             .collect()
     };
+    let (keys, values) = (fill(prefix * width, 1), fill(prefix * width, 2));
     let mut kt = vec![0f32; width * stride];
-    kernels::transpose_keys(
-        &fill(prefix * width, 1),
-        prefix,
-        (width, hd),
-        stride,
-        &mut kt,
-    );
+    kernels::transpose_keys(&keys, prefix, (width, hd), stride, &mut kt);
     let mut pv = vec![0f32; prefix * width];
-    kernels::values_per_head(&fill(prefix * width, 2), prefix, (width, hd), &mut pv);
+    kernels::values_per_head(&values, prefix, (width, hd), &mut pv);
+    let mut ktb = vec![0u16; width * stride];
+    kernels::transpose_keys_bf16(&keys, prefix, (width, hd), stride, &mut ktb);
+    let mut pvb = vec![0u16; kernels::paired(prefix) * width];
+    kernels::values_per_head_bf16(&values, prefix, (width, hd), &mut pvb);
+    let layouts = [
+        (
+            "f32",
+            Keys::Transposed { kt: &kt, stride },
+            Values::PerHead {
+                v: &pv,
+                positions: prefix,
+            },
+        ),
+        (
+            "bf16",
+            Keys::TransposedBf16 { kt: &ktb, stride },
+            Values::PerHeadBf16 {
+                v: &pvb,
+                positions: prefix,
+            },
+        ),
+    ];
     let slopes: Vec<f32> = (0..nh).map(|h| 0.5f32.powi(h as i32 / 2 + 1)).collect();
     let mut results = Vec::new();
-    for n in [1usize, 20] {
-        let (own_k, own_v, q) = (fill(n * width, 3), fill(n * width, 4), fill(n * width, 5));
-        let segments = [
-            KvSegment {
-                k: Keys::Transposed { kt: &kt, stride },
-                v: Values::PerHead {
-                    v: &pv,
-                    positions: prefix,
+    for (name, k, v) in layouts {
+        for n in [1usize, 20] {
+            let (own_k, own_v, q) = (fill(n * width, 3), fill(n * width, 4), fill(n * width, 5));
+            let segments = [
+                KvSegment { k, v, len: prefix },
+                KvSegment {
+                    k: Keys::Rows(&own_k),
+                    v: Values::Rows(&own_v),
+                    len: n,
                 },
-                len: prefix,
-            },
-            KvSegment {
-                k: Keys::Rows(&own_k),
-                v: Values::Rows(&own_v),
-                len: n,
-            },
-        ];
-        let mut out = vec![0f32; n * width];
-        let mut scratch = Vec::new();
-        let mut once = || {
-            if n == 1 {
-                let input = kernels::AttentionInput {
-                    q: &q,
-                    segments: &segments,
-                    slopes: &slopes,
-                    head_dim: hd,
-                };
-                kernels::decode_attention(&input, &mut out, &mut scratch);
-            } else {
-                kernels::prefill_attention_heads(&q, &segments, n, &slopes, 0..nh, hd, &mut out);
-            }
-        };
-        once();
-        let reps = 20;
-        let t = Instant::now();
-        for _ in 0..reps {
+            ];
+            let mut out = vec![0f32; n * width];
+            let mut scratch = Vec::new();
+            let mut once = || {
+                if n == 1 {
+                    let input = kernels::AttentionInput {
+                        q: &q,
+                        segments: &segments,
+                        slopes: &slopes,
+                        head_dim: hd,
+                    };
+                    kernels::decode_attention(&input, &mut out, &mut scratch);
+                } else {
+                    kernels::prefill_attention_heads(
+                        &q,
+                        &segments,
+                        n,
+                        &slopes,
+                        0..nh,
+                        hd,
+                        &mut out,
+                    );
+                }
+            };
             once();
+            let reps = 20;
+            let t = Instant::now();
+            for _ in 0..reps {
+                once();
+            }
+            let secs = t.elapsed().as_secs_f64() / reps as f64;
+            // q·kᵀ and p·v: two multiply-adds per query, position, head and dimension.
+            let flops = 4.0 * (n * (prefix + n) * width) as f64;
+            results.push(json!({
+                "prefix_layout": name, "queries": n, "prefix_tokens": prefix, "threads": 1,
+                "ms_per_layer": secs * 1e3, "gflop_per_s": flops / secs / 1e9,
+            }));
         }
-        let secs = t.elapsed().as_secs_f64() / reps as f64;
-        // q·kᵀ and p·v: two multiply-adds per query, position, head and dimension.
-        let flops = 4.0 * (n * (prefix + n) * width) as f64;
-        results.push(json!({
-            "queries": n, "prefix_tokens": prefix, "threads": 1,
-            "ms_per_layer": secs * 1e3, "gflop_per_s": flops / secs / 1e9,
-        }));
     }
     results
 }
