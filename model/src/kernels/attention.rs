@@ -10,7 +10,7 @@
 //! Rows put a head's 256 bytes 4 KiB apart: over a 1,305-token prefix, a page per position.
 
 use super::attention_bf16::{paired, round_rows, scores_bf16, weighted_bf16};
-use super::elementwise::{exp, sum};
+use super::elementwise::{exp_with, sum};
 use super::{isa, Isa};
 
 /// Positions per tile of transposed keys, and the multiple a transposed segment's stride is padded
@@ -287,13 +287,12 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
                 }
             }
         }
+        // Unnormalized, as the prompt chunk's: the sum divides the output instead, one pass fewer
+        // over the scores, and bf16 segments see the same rounded values in both.
         for s in scores.iter_mut() {
-            *s = exp(*s - max);
+            *s = exp_with::<FMA>(*s - max);
         }
         let norm = 1.0 / sum(scores);
-        for s in scores.iter_mut() {
-            *s *= norm;
-        }
         o.fill(0.0);
         let mut pos = 0;
         for seg in input.segments {
@@ -309,6 +308,9 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
                 weighted_bf16(&pb, ps, 1, v, seg.len, hd, o);
             }
             pos += seg.len;
+        }
+        for a in o.iter_mut() {
+            *a *= norm;
         }
     }
 }

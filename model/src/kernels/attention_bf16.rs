@@ -251,6 +251,14 @@ fn weighted_portable(
 #[cfg(target_arch = "x86_64")]
 const QT: usize = 6;
 
+/// Queries per tile for `n` queries: as few tiles as [`QT`] allows, of equal sizes, so no tile is
+/// left with a query or two that would reload the keys for little work (20 queries: 4 tiles of 5,
+/// not 6, 6, 6, 2).
+#[cfg(target_arch = "x86_64")]
+fn balanced(n: usize) -> usize {
+    n.div_ceil(n.div_ceil(QT).max(1)).max(1)
+}
+
 /// The same 512 bits, as 32 bf16 values.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -289,9 +297,10 @@ unsafe fn scores_avx512bf16(
         });
         let k = kt.as_ptr().add(j0 * hd);
         let o = out.as_mut_ptr().add(j0);
-        for t0 in (0..nq).step_by(QT) {
+        let tile = balanced(nq);
+        for t0 in (0..nq).step_by(tile) {
             let (q, o) = (qb.as_ptr().add(t0 * hd), o.add(t0 * os));
-            by_queries!(QT, nq, t0, score_tile(q, hd, k, o, os, masks));
+            by_queries!(tile, nq, t0, score_tile(q, hd, k, o, os, masks));
         }
     }
 }
@@ -348,9 +357,10 @@ unsafe fn weighted_avx512bf16(
     pairs: usize,
     out: &mut [f32],
 ) {
-    for t0 in (0..bq).step_by(QT) {
+    let tile = balanced(bq);
+    for t0 in (0..bq).step_by(tile) {
         let (p, o) = (pb.as_ptr().add(t0 * ps), out.as_mut_ptr().add(t0 * 64));
-        by_queries!(QT, bq, t0, weighted_tile(p, ps, v.as_ptr(), pairs, o));
+        by_queries!(tile, bq, t0, weighted_tile(p, ps, v.as_ptr(), pairs, o));
     }
 }
 

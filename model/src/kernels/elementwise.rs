@@ -54,15 +54,34 @@ fn layer_norm_impl(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut 
 /// error below 2e-7); saturates to 0 and to `e^88` outside the f32 range.
 #[inline(always)]
 pub(super) fn exp(v: f32) -> f32 {
+    exp_with::<false>(v)
+}
+
+/// [`exp`], its polynomial in fused multiply-adds when `FMA` (only where the CPU has them: elsewhere
+/// `mul_add` is a library call): half the operations on the chain, which the softmax of a long
+/// prompt waits on.
+#[inline(always)]
+pub(super) fn exp_with<const FMA: bool>(v: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    const C: [f32; 7] = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
     let v = v.clamp(-87.0, 88.0);
     let n = super::round_small(v * std::f32::consts::LOG2_E);
-    let r = v - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = if FMA {
+        let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, v));
+        C[1..].iter().fold(C[0], |p, c| p.mul_add(r, *c))
+    } else {
+        let r = v - n * LN2_HI - n * LN2_LO;
+        C[1..].iter().fold(C[0], |p, c| p * r + c)
+    };
     // 2^n from n's bits: n + 127 sits in the low mantissa bits of n + 127 + 2^23, and the shift moves
     // it into the exponent (no float-to-int conversion, which would not vectorize).
     p * f32::from_bits((n + 127.0 + 8_388_608.0).to_bits() << 23)
@@ -171,11 +190,14 @@ mod tests {
     fn exp_is_accurate_and_saturates() {
         for i in -870..=880 {
             let v = i as f32 / 10.0;
-            let (got, want) = (super::exp(v), v.exp());
-            assert!(
-                (got - want).abs() <= want * 3e-7 + f32::MIN_POSITIVE,
-                "{v}: {got} vs {want}"
-            );
+            let want = v.exp();
+            // `mul_add` is exact wherever it runs, so the fused form is checked on any CPU.
+            for got in [super::exp(v), super::exp_with::<true>(v)] {
+                assert!(
+                    (got - want).abs() <= want * 3e-7 + f32::MIN_POSITIVE,
+                    "{v}: {got} vs {want}"
+                );
+            }
         }
         assert_eq!(super::exp(-1000.0), super::exp(-87.0));
         assert!(super::exp(1000.0).is_finite());

@@ -9,7 +9,7 @@
 
 use super::attention::{check_segments, scores_transposed, Keys, KvSegment};
 use super::attention_bf16::{round_rows, scores_bf16, weighted_bf16};
-use super::elementwise::{exp, sum};
+use super::elementwise::{exp_with, sum};
 use super::{isa, matmul_local, Isa};
 
 /// Queries per block: the scores of a block stay in L2.
@@ -94,6 +94,7 @@ fn attention<const FMA: bool, const WIDE: bool>(
     let mut qh = vec![0f32; n * hd];
     let mut scores = Vec::new();
     let mut ctx = vec![0f32; QUERY_BLOCK * hd];
+    let mut sums = [0f32; QUERY_BLOCK];
     // A block's queries and probabilities rounded for bf16 segments.
     let (mut qb, mut pb) = (Vec::new(), Vec::new());
     // ALiBi's key positions.
@@ -155,9 +156,11 @@ fn attention<const FMA: bool, const WIDE: bool>(
                 }
                 first += seg.len;
             }
-            for (r, row) in scores.chunks_exact_mut(seen).enumerate() {
+            // Unnormalized: each row's sum divides its output instead, one pass fewer over the
+            // scores.
+            for (r, (row, total)) in scores.chunks_exact_mut(seen).zip(&mut sums).enumerate() {
                 let visible = past + i0 + r + 1;
-                softmax_alibi(&mut row[..visible], &positions[..visible], slope);
+                *total = exp_alibi::<FMA>(&mut row[..visible], &positions[..visible], slope);
                 row[visible..].fill(0.0);
             }
             // The probabilities times each segment's values, read in place.
@@ -176,17 +179,21 @@ fn attention<const FMA: bool, const WIDE: bool>(
                 }
                 first += seg.len;
             }
-            for (r, row) in ctx.chunks_exact(hd).enumerate() {
+            for (r, (row, total)) in ctx.chunks_exact(hd).zip(&sums).enumerate() {
                 let o = (i0 + r) * hw + c * hd;
-                out[o..o + hd].copy_from_slice(row);
+                let norm = 1.0 / total;
+                for (o, x) in out[o..o + hd].iter_mut().zip(row) {
+                    *o = x * norm;
+                }
             }
         }
     }
 }
 
-/// `row[j] += slope · position[j]`, then the softmax of the row, in place.
+/// `row[j] ← e^(row[j] + slope · position[j] - max)`, in place; returns the row's sum (the
+/// softmax's divisor).
 #[inline(always)]
-fn softmax_alibi(row: &mut [f32], positions: &[f32], slope: f32) {
+fn exp_alibi<const FMA: bool>(row: &mut [f32], positions: &[f32], slope: f32) -> f32 {
     const LANES: usize = 16;
     let mut max = [f32::NEG_INFINITY; LANES];
     let (chunks, tail) = row.as_chunks_mut::<LANES>();
@@ -211,13 +218,21 @@ fn softmax_alibi(row: &mut [f32], positions: &[f32], slope: f32) {
     let max = max
         .iter()
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    for s in row.iter_mut() {
-        *s = exp(*s - max);
+    // The exponentials and their sum in one pass.
+    let mut acc = [0f32; LANES];
+    let (chunks, tail) = row.as_chunks_mut::<LANES>();
+    for chunk in chunks {
+        for (a, s) in acc.iter_mut().zip(chunk.iter_mut()) {
+            *s = exp_with::<FMA>(*s - max);
+            *a += *s;
+        }
     }
-    let norm = 1.0 / sum(row);
-    for s in row.iter_mut() {
-        *s *= norm;
+    let mut total = sum(&acc);
+    for s in tail {
+        *s = exp_with::<FMA>(*s - max);
+        total += *s;
     }
+    total
 }
 
 /// `out[q] += Σ_j p[q][j] · v[j]` for `bq` queries (`p` rows `ps` apart) over `rows` value rows of
