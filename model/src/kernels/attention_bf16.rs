@@ -18,6 +18,8 @@
 use std::arch::x86_64::*;
 
 use super::attention::KEY_TILE;
+#[cfg(target_arch = "x86_64")]
+use super::attention_tiles::{store_scores, tile_rows};
 use super::{isa, Isa};
 
 /// Rounds to bf16 (nearest even; NaN stays NaN), as `vcvtneps2bf16` does.
@@ -267,13 +269,6 @@ fn bh(v: __m512i) -> __m512bh {
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }
 
-/// Pointers to `N` rows `stride` apart from `base`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn tile_rows<const N: usize>(base: *const u16, stride: usize) -> [*const u16; N] {
-    std::array::from_fn(|i| base.wrapping_add(i * stride))
-}
-
 /// [`scores_bf16`] in tiles of up to 6 queries × the 64 positions of a tile of keys.
 ///
 /// # Safety
@@ -318,7 +313,7 @@ unsafe fn score_tile<const N: usize>(
     os: usize,
     masks: [__mmask16; 4],
 ) {
-    let qp = tile_rows::<N>(q, hd);
+    let qp = tile_rows::<_, N>(q, hd);
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     for dp in 0..hd / 2 {
         // 16 positions × the pair of dims per vector.
@@ -332,15 +327,7 @@ unsafe fn score_tile<const N: usize>(
             }
         }
     }
-    for (i, a) in acc.iter().enumerate() {
-        let o = o.add(i * os);
-        for (v, (a, m)) in a.iter().zip(masks).enumerate() {
-            if m != 0 {
-                // Masked-off lanes are not written (nor touched).
-                _mm512_mask_storeu_ps(o.wrapping_add(16 * v), m, *a);
-            }
-        }
-    }
+    store_scores(&acc, o, os, masks);
 }
 
 /// [`weighted_bf16`] for heads of 64, in tiles of up to 6 queries × the 64 columns.
@@ -376,7 +363,7 @@ unsafe fn weighted_tile<const N: usize>(
     pairs: usize,
     o: *mut f32,
 ) {
-    let pp = tile_rows::<N>(p, ps);
+    let pp = tile_rows::<_, N>(p, ps);
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     for jp in 0..pairs {
         // 16 columns × the pair of positions per vector.

@@ -27,7 +27,7 @@ const QV256: usize = 3;
 /// Pointers to `N` rows `stride` apart from `base`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn tile_rows<const N: usize>(base: *const f32, stride: usize) -> [*const f32; N] {
+pub(super) fn tile_rows<T, const N: usize>(base: *const T, stride: usize) -> [*const T; N] {
     std::array::from_fn(|i| base.wrapping_add(i * stride))
 }
 
@@ -82,7 +82,7 @@ unsafe fn score_tile_512<const N: usize>(
     os: usize,
     masks: [__mmask16; 4],
 ) {
-    let qp = tile_rows::<N>(q, hd);
+    let qp = tile_rows::<_, N>(q, hd);
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     for d in 0..hd {
         let kd = k.add(d * 64);
@@ -94,6 +94,23 @@ unsafe fn score_tile_512<const N: usize>(
             }
         }
     }
+    store_scores(&acc, o, os, masks);
+}
+
+/// Stores `N` rows of 64 scores (rows `os` apart from `o`) under `masks`, a tile's last positions
+/// past the segment's end left unwritten.
+///
+/// # Safety
+/// The CPU has AVX-512F; each row holds the positions its masks name.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn store_scores<const N: usize>(
+    acc: &[[__m512; 4]; N],
+    o: *mut f32,
+    os: usize,
+    masks: [__mmask16; 4],
+) {
     for (i, a) in acc.iter().enumerate() {
         let o = o.add(i * os);
         for (v, (a, m)) in a.iter().zip(masks).enumerate() {
@@ -149,7 +166,7 @@ unsafe fn score_tile_256<const N: usize>(
     os: usize,
     n: usize,
 ) {
-    let qp = tile_rows::<N>(q, hd);
+    let qp = tile_rows::<_, N>(q, hd);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for d in 0..hd {
         let kd = k.add(d * 64);
@@ -219,7 +236,7 @@ unsafe fn weighted_tile_512<const N: usize>(
     rows: usize,
     o: *mut f32,
 ) {
-    let pp = tile_rows::<N>(p, ps);
+    let pp = tile_rows::<_, N>(p, ps);
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     for j in 0..rows {
         let r = v.add(j * vs);
@@ -280,7 +297,7 @@ unsafe fn weighted_tile_256<const N: usize>(
     rows: usize,
     o: *mut f32,
 ) {
-    let pp = tile_rows::<N>(p, ps);
+    let pp = tile_rows::<_, N>(p, ps);
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for j in 0..rows {
         let r = v.add(j * vs);
