@@ -135,8 +135,10 @@ unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
     let mut i = 0;
     while i < n {
         let (m0, m1) = (mask(i), mask(i + 16));
+        // `wrapping_add`: past the row's end the pointer is out of bounds, and only the zero mask
+        // keeps the load from touching it.
         let lo = _mm512_maskz_loadu_ps(m0, src.as_ptr().add(i));
-        let hi = _mm512_maskz_loadu_ps(m1, src.as_ptr().add(i + 16).cast());
+        let hi = _mm512_maskz_loadu_ps(m1, src.as_ptr().wrapping_add(i + 16));
         let b: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
         let m = u32::from(m0) | (u32::from(m1) << 16);
         _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m, b);
