@@ -19,7 +19,9 @@ use std::arch::x86_64::*;
 
 use super::attention::KEY_TILE;
 #[cfg(target_arch = "x86_64")]
-use super::attention_tiles::{store_scores, tile_rows};
+use super::attention_tiles::{store_scores, tail_masks, tile_rows};
+#[cfg(target_arch = "x86_64")]
+use super::avx512_dot::bh;
 use super::{isa, Isa};
 
 /// Rounds to bf16 (nearest even; NaN stays NaN), as `vcvtneps2bf16` does.
@@ -263,14 +265,6 @@ fn balanced(n: usize) -> usize {
     n.div_ceil(n.div_ceil(QT).max(1)).max(1)
 }
 
-/// The same 512 bits, as 32 bf16 values.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn bh(v: __m512i) -> __m512bh {
-    // SAFETY: both are plain 512-bit vectors of the same size; every bit pattern is valid in each.
-    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
-}
-
 /// [`scores_bf16`] in tiles of up to 6 queries × the 64 positions of a tile of keys.
 ///
 /// # Safety
@@ -287,11 +281,7 @@ unsafe fn scores_avx512bf16(
     os: usize,
 ) {
     for j0 in (0..len).step_by(KEY_TILE) {
-        let rem = len - j0;
-        let masks: [__mmask16; 4] = std::array::from_fn(|v| {
-            let n = rem.saturating_sub(16 * v).min(16);
-            ((1u32 << n) - 1) as __mmask16
-        });
+        let masks = tail_masks(len - j0);
         let k = kt.as_ptr().add(j0 * hd);
         let o = out.as_mut_ptr().add(j0);
         let tile = balanced(nq);

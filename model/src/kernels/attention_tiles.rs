@@ -54,11 +54,7 @@ pub(super) unsafe fn scores_avx512(
     debug_assert!(stride.is_multiple_of(64) && stride >= len && kt.len() >= hd * stride);
     debug_assert!(nq > 0 && q.len() >= nq * hd && os >= len && out.len() >= (nq - 1) * os + len);
     for j0 in (0..len).step_by(64) {
-        let rem = len - j0;
-        let masks: [__mmask16; 4] = std::array::from_fn(|v| {
-            let n = rem.saturating_sub(16 * v).min(16);
-            ((1u32 << n) - 1) as __mmask16
-        });
+        let masks = tail_masks(len - j0);
         let k = kt.as_ptr().add(j0 * hd);
         let o = out.as_mut_ptr().add(j0);
         for t0 in (0..nq).step_by(QT512) {
@@ -95,6 +91,16 @@ unsafe fn score_tile_512<const N: usize>(
         }
     }
     store_scores(&acc, o, os, masks);
+}
+
+/// The four 16-lane masks of a tile of 64 positions of which `rem` remain (all set past 64).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn tail_masks(rem: usize) -> [__mmask16; 4] {
+    std::array::from_fn(|v| {
+        let n = rem.saturating_sub(16 * v).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    })
 }
 
 /// Stores `N` rows of 64 scores (rows `os` apart from `o`) under `masks`, a tile's last positions

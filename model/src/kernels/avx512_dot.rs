@@ -137,7 +137,7 @@ struct Ptrs {
 /// The same 512 bits, as 32 bf16 values.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn bh(v: __m512i) -> __m512bh {
+pub(super) fn bh(v: __m512i) -> __m512bh {
     // SAFETY: both are plain 512-bit vectors of the same size; every bit pattern is valid in each.
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }
