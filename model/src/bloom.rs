@@ -680,7 +680,7 @@ mod tests {
 
     use super::alibi_slopes;
     use crate::kernels::{
-        decode_attention_heads, paired, prefill_attention_heads, transpose_keys,
+        decode_attention_heads, key_norms_bf16, paired, prefill_attention_heads, transpose_keys,
         transpose_keys_bf16, values_per_head, values_per_head_bf16, AttentionInput, Keys,
         KvSegment, Values, KEY_TILE,
     };
@@ -743,9 +743,14 @@ mod tests {
             transpose_keys_bf16(&pk, prefix, (w, hd), stride, &mut pkb);
             let mut pvb = vec![0u16; paired(prefix) * w];
             values_per_head_bf16(&pv, prefix, (w, hd), &mut pvb);
+            let norms = key_norms_bf16(&pkb, hd, stride);
             let bf16 = [
                 KvSegment {
-                    k: Keys::TransposedBf16 { kt: &pkb, stride },
+                    k: Keys::TransposedBf16 {
+                        kt: &pkb,
+                        stride,
+                        norms: &norms,
+                    },
                     v: Values::PerHeadBf16 {
                         v: &pvb,
                         positions: prefix,

@@ -16,8 +16,8 @@ use zeroize::Zeroize;
 
 use super::ModelError;
 use crate::kernels::{
-    paired, transpose_keys, transpose_keys_bf16, values_per_head, values_per_head_bf16, Keys,
-    Values, KEY_TILE,
+    key_norms_bf16, paired, transpose_keys, transpose_keys_bf16, values_per_head,
+    values_per_head_bf16, Keys, Values, KEY_TILE,
 };
 
 /// `v` moved into an allocation of exactly `capacity` elements (or an error when the memory is not
@@ -120,7 +120,8 @@ pub enum KvPrecision {
 #[derive(Debug)]
 enum PrefixKv {
     F32(Vec<(Vec<f32>, Vec<f32>)>),
-    Bf16(Vec<(Vec<u16>, Vec<u16>)>),
+    /// With the keys' tile norms ([`crate::kernels::key_norms_bf16`]).
+    Bf16(Vec<(Vec<u16>, Vec<u16>, Vec<f32>)>),
 }
 
 /// The system prompt's keys and values, shared by every conversation that starts with it.
@@ -142,9 +143,10 @@ impl Drop for Prefix {
                 k.zeroize();
                 v.zeroize();
             }),
-            PrefixKv::Bf16(layers) => layers.iter_mut().for_each(|(k, v)| {
+            PrefixKv::Bf16(layers) => layers.iter_mut().for_each(|(k, v, norms)| {
                 k.zeroize();
                 v.zeroize();
+                norms.zeroize();
             }),
         }
     }
@@ -191,9 +193,9 @@ impl Prefix {
                 )
             }
             PrefixKv::Bf16(layers) => {
-                let (kt, v) = &layers[i];
+                let (kt, v, norms) = &layers[i];
                 (
-                    Keys::TransposedBf16 { kt, stride },
+                    Keys::TransposedBf16 { kt, stride, norms },
                     Values::PerHeadBf16 { v, positions },
                 )
             }
@@ -375,7 +377,8 @@ impl KvCache {
                     let (mut kt, mut vh) = (zeroed(width * stride)?, zeroed(paired(len) * width)?);
                     transpose_keys_bf16(k, len, shape, stride, &mut kt);
                     values_per_head_bf16(v, len, shape, &mut vh);
-                    layers.push((kt, vh));
+                    let norms = key_norms_bf16(&kt, shape.1, stride);
+                    layers.push((kt, vh, norms));
                 }
             }
             // The rows are not needed past here: free them as we go.

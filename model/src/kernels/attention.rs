@@ -11,6 +11,7 @@
 
 use super::attention_bf16::{paired, round_rows, scores_bf16, weighted_bf16};
 use super::elementwise::{exp_with, sum};
+use super::far_keys;
 use super::{isa, Isa};
 
 /// Positions per tile of transposed keys, and the multiple a transposed segment's stride is padded
@@ -28,8 +29,14 @@ pub enum Keys<'a> {
     /// zero.
     Transposed { kt: &'a [f32], stride: usize },
     /// As `Transposed`, rounded to bf16, each tile's dims in pairs (see
-    /// [`super::attention_bf16`]).
-    TransposedBf16 { kt: &'a [u16], stride: usize },
+    /// [`super::attention_bf16`]); `norms` are its tiles' largest key norms per head
+    /// ([`super::key_norms_bf16`]), by which a query leaves out the keys ALiBi has silenced
+    /// ([`super::far_keys`]).
+    TransposedBf16 {
+        kt: &'a [u16],
+        stride: usize,
+        norms: &'a [f32],
+    },
 }
 
 /// How a segment's values are laid out.
@@ -253,7 +260,10 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
         let slope = input.slopes[h];
         let mut pos = 0;
         let mut max = f32::NEG_INFINITY;
+        // Positions at the start left out (see `far_keys`).
+        let mut skip = 0;
         for seg in input.segments {
+            let start = pos;
             match seg.k {
                 Keys::Rows(k) => {
                     for j in 0..seg.len {
@@ -274,11 +284,20 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
                         pos += 1;
                     }
                 }
-                Keys::TransposedBf16 { kt, stride } => {
+                Keys::TransposedBf16 { kt, stride, norms } => {
+                    // A first segment's far keys may be silent: left out, their weight zero.
+                    if start == 0 {
+                        let tiles = stride / KEY_TILE;
+                        let norms = &norms[h * tiles..(h + 1) * tiles];
+                        let q_norm = far_keys::norm(q) * inv;
+                        skip = far_keys::silent_tiles(norms, seg.len, slope, q_norm) * KEY_TILE;
+                        pos = skip;
+                    }
+                    let (left_out, len) = (pos - start, seg.len - (pos - start));
                     round_rows(q, hd, 1, hd, &mut qb);
-                    let row = &mut scores[pos..pos + seg.len];
-                    let kt = &kt[h * hd * stride..(h + 1) * hd * stride];
-                    scores_bf16(&qb, 1, hd, kt, stride, seg.len, row, seg.len);
+                    let row = &mut scores[pos..pos + len];
+                    let kt = &kt[h * hd * stride + left_out * hd..(h + 1) * hd * stride];
+                    scores_bf16(&qb, 1, hd, kt, stride - left_out, len, row, len);
                     for s in row.iter_mut() {
                         *s = *s * inv + slope * pos as f32;
                         max = max.max(*s);
@@ -289,7 +308,8 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
         }
         // Unnormalized, as the prompt chunk's: the sum divides the output instead, one pass fewer
         // over the scores, and bf16 segments see the same rounded values in both.
-        for s in scores.iter_mut() {
+        scores[..skip].fill(0.0);
+        for s in scores[skip..].iter_mut() {
             *s = exp_with::<FMA>(*s - max);
         }
         let norm = 1.0 / sum(scores);
@@ -304,8 +324,11 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
                     }
                 }
             } else if let Some(v) = seg.v.head_bf16(h, hd) {
-                let ps = round_rows(p, seg.len, 1, seg.len, &mut pb);
-                weighted_bf16(&pb, ps, 1, v, seg.len, hd, o);
+                // The positions left out (a first segment's, an even count) are not read.
+                let left_out = if pos == 0 { skip } else { 0 };
+                let (p, rows) = (&p[left_out..], seg.len - left_out);
+                let ps = round_rows(p, rows, 1, rows, &mut pb);
+                weighted_bf16(&pb, ps, 1, &v[left_out * hd..], rows, hd, o);
             }
             pos += seg.len;
         }
@@ -321,7 +344,7 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
 ///
 /// # Panics
 /// If a segment's shapes do not agree (a bug of the caller).
-pub(super) fn check_segments(segments: &[KvSegment<'_>], width: usize) {
+pub(super) fn check_segments(segments: &[KvSegment<'_>], width: usize, head_dim: usize) {
     for s in segments {
         assert!(
             s.v.holds(s.len, width),
@@ -333,9 +356,12 @@ pub(super) fn check_segments(segments: &[KvSegment<'_>], width: usize) {
                 stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
                 "transposed keys are not n_head × head_dim × stride"
             ),
-            Keys::TransposedBf16 { kt, stride } => assert!(
-                stride.is_multiple_of(KEY_TILE) && stride >= s.len && kt.len() >= width * stride,
-                "transposed bf16 keys are not n_head × head_dim × stride"
+            Keys::TransposedBf16 { kt, stride, norms } => assert!(
+                stride.is_multiple_of(KEY_TILE)
+                    && stride >= s.len
+                    && kt.len() >= width * stride
+                    && norms.len() >= (width / head_dim.max(1)) * (stride / KEY_TILE),
+                "transposed bf16 keys are not n_head × head_dim × stride, with a norm per tile"
             ),
         }
     }
@@ -357,7 +383,7 @@ pub fn decode_attention_heads(
     assert_eq!(input.q.len(), width, "q is not n_head × head_dim");
     assert!(heads.end <= input.slopes.len(), "no such head");
     assert_eq!(out.len(), heads.len() * hd, "out is not heads × head_dim");
-    check_segments(input.segments, width);
+    check_segments(input.segments, width, hd);
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw,fma")]

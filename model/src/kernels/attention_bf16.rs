@@ -22,7 +22,7 @@ use super::attention::KEY_TILE;
 use super::attention_tiles::{store_scores, tail_masks, tile_rows};
 #[cfg(target_arch = "x86_64")]
 use super::avx512_dot::bh;
-use super::{isa, Isa};
+use super::{far_keys, isa, Isa};
 
 /// Rounds to bf16 (nearest even; NaN stays NaN), as `vcvtneps2bf16` does.
 #[inline(always)]
@@ -64,6 +64,35 @@ pub fn transpose_keys_bf16(
             kt[h * head_dim * stride + tile + (d / 2) * 2 * KEY_TILE + d % 2] = to_bf16(*x);
         }
     }
+}
+
+/// The largest key norm of each tile of [`KEY_TILE`] positions in keys laid out by
+/// [`transpose_keys_bf16`] (`width × stride`), per head: `[width / head_dim][stride / KEY_TILE]`,
+/// rounded up (see [`super::far_keys`], which reads them).
+///
+/// # Panics
+/// If the shapes do not agree (a bug of the caller).
+pub fn key_norms_bf16(kt: &[u16], head_dim: usize, stride: usize) -> Vec<f32> {
+    assert!(head_dim > 0 && head_dim.is_multiple_of(2) && stride.is_multiple_of(KEY_TILE));
+    assert!(kt.len().is_multiple_of(head_dim * stride));
+    let tile_len = head_dim * KEY_TILE;
+    kt.chunks_exact(tile_len)
+        .map(|tile| {
+            // Dims in pairs, each row of the tile a pair of dims for its KEY_TILE positions.
+            let mut sq = [0f32; KEY_TILE];
+            for row in tile.chunks_exact(2 * KEY_TILE) {
+                for (s, pair) in sq.iter_mut().zip(row.chunks_exact(2)) {
+                    let (a, b) = (from_bf16(pair[0]), from_bf16(pair[1]));
+                    *s += a * a + b * b;
+                }
+            }
+            // A NaN key makes the tile's norm NaN, which no bound admits.
+            let largest = sq
+                .iter()
+                .fold(0f32, |m, &s| if s > m || s.is_nan() { s } else { m });
+            far_keys::bound_from_squares(largest)
+        })
+        .collect()
 }
 
 /// Positions a bf16 value layout holds for `len`: rounded up to pairs.

@@ -36,6 +36,7 @@ mod avx2_int8;
 mod avx512;
 mod avx512_dot;
 mod elementwise;
+mod far_keys;
 mod portable;
 mod prefill;
 mod weights;
@@ -46,7 +47,7 @@ pub use attention::{
     decode_attention, decode_attention_heads, transpose_keys, values_per_head, AttentionInput,
     Keys, KvSegment, Values, KEY_TILE,
 };
-pub use attention_bf16::{paired, transpose_keys_bf16, values_per_head_bf16};
+pub use attention_bf16::{key_norms_bf16, paired, transpose_keys_bf16, values_per_head_bf16};
 pub use elementwise::{add, gelu, layer_norm};
 pub use prefill::prefill_attention_heads;
 use weights::Raw;

@@ -7,9 +7,10 @@
 //! place, then the probabilities times each segment's values, several queries per value row. The
 //! caches are read in place, never copied.
 
-use super::attention::{check_segments, scores_transposed, Keys, KvSegment};
+use super::attention::{check_segments, scores_transposed, Keys, KvSegment, KEY_TILE};
 use super::attention_bf16::{round_rows, scores_bf16, weighted_bf16};
 use super::elementwise::{exp_with, sum};
+use super::far_keys;
 use super::{isa, matmul_local, Isa};
 
 /// Queries per block: the scores of a block stay in L2.
@@ -82,7 +83,7 @@ fn attention<const FMA: bool, const WIDE: bool>(
     let width = slopes.len() * hd;
     let total: usize = segments.iter().map(|s| s.len).sum();
     assert!(n <= total && q.len() == n * width && heads.end <= slopes.len());
-    check_segments(segments, width);
+    check_segments(segments, width, hd);
     assert_eq!(
         out.len(),
         n * heads.len() * hd,
@@ -114,12 +115,30 @@ fn attention<const FMA: bool, const WIDE: bool>(
             let (bq, seen) = (i1 - i0, past + i1);
             scores.clear();
             scores.resize(bq * seen, 0.0);
+            let block = &qh[i0 * hd..i1 * hd];
+            // Leading positions every query of the block leaves out (see `far_keys`): of a bf16
+            // first segment that the block's first query sees whole.
+            let skip = match segments.first() {
+                Some(KvSegment {
+                    k: Keys::TransposedBf16 { stride, norms, .. },
+                    len,
+                    ..
+                }) if past + i0 + 1 >= *len => {
+                    let tiles = stride / KEY_TILE;
+                    let q_norm = block
+                        .chunks_exact(hd)
+                        .map(far_keys::norm)
+                        .fold(0f32, |m, n| if n > m || n.is_nan() { n } else { m });
+                    let norms = &norms[h * tiles..(h + 1) * tiles];
+                    far_keys::silent_tiles(norms, *len, slope, q_norm) * KEY_TILE
+                }
+                _ => 0,
+            };
             // Scores against each segment's keys, read in place (rows `width` apart).
             let mut first = 0;
             for seg in segments {
                 let rows = seg.len.min(seen.saturating_sub(first));
                 if rows > 0 {
-                    let block = &qh[i0 * hd..i1 * hd];
                     match seg.k {
                         Keys::Rows(k) => matmul_local(
                             block,
@@ -139,16 +158,17 @@ fn attention<const FMA: bool, const WIDE: bool>(
                             &mut scores[first..],
                             seen,
                         ),
-                        Keys::TransposedBf16 { kt, stride } => {
+                        Keys::TransposedBf16 { kt, stride, .. } => {
+                            let left_out = if first == 0 { skip } else { 0 };
                             round_rows(block, hd, bq, hd, &mut qb);
                             scores_bf16(
                                 &qb,
                                 bq,
                                 hd,
-                                &kt[h * hd * stride..(h + 1) * hd * stride],
-                                stride,
-                                rows,
-                                &mut scores[first..],
+                                &kt[h * hd * stride + left_out * hd..(h + 1) * hd * stride],
+                                stride - left_out,
+                                rows - left_out,
+                                &mut scores[first + left_out..],
                                 seen,
                             )
                         }
@@ -160,7 +180,9 @@ fn attention<const FMA: bool, const WIDE: bool>(
             // scores.
             for (r, (row, total)) in scores.chunks_exact_mut(seen).zip(&mut sums).enumerate() {
                 let visible = past + i0 + r + 1;
-                *total = exp_alibi::<FMA>(&mut row[..visible], &positions[..visible], slope);
+                *total =
+                    exp_alibi::<FMA>(&mut row[skip..visible], &positions[skip..visible], slope);
+                row[..skip].fill(0.0);
                 row[visible..].fill(0.0);
             }
             // The probabilities times each segment's values, read in place.
@@ -173,8 +195,11 @@ fn attention<const FMA: bool, const WIDE: bool>(
                     if let Some(v) = seg.v.head(h, hd, width) {
                         weighted_rows::<FMA, WIDE>(&scores[first..], seen, bq, v, rows, hd, ctx);
                     } else if let Some(v) = seg.v.head_bf16(h, hd) {
-                        let ps = round_rows(&scores[first..], seen, bq, rows, &mut pb);
-                        weighted_bf16(&pb, ps, bq, v, rows, hd, ctx);
+                        // The positions left out (an even count) are not read.
+                        let left_out = if first == 0 { skip } else { 0 };
+                        let (p, rows) = (&scores[first + left_out..], rows - left_out);
+                        let ps = round_rows(p, seen, bq, rows, &mut pb);
+                        weighted_bf16(&pb, ps, bq, &v[left_out * hd..], rows, hd, ctx);
                     }
                 }
                 first += seg.len;

@@ -202,7 +202,15 @@ fn decode_attention_matches_libtorch_across_segments() {
     for (prefix_keys, prefix_values, tolerance) in [
         (Keys::Rows(&ks[..split]), Values::Rows(&vs[..split]), 1e-5),
         (Keys::Transposed { kt: &kt, stride }, per_head, 1e-5),
-        (Keys::TransposedBf16 { kt: &ktb, stride }, bf16, 1e-2),
+        (
+            Keys::TransposedBf16 {
+                kt: &ktb,
+                stride,
+                norms: &key_norms_bf16(&ktb, hd, stride),
+            },
+            bf16,
+            1e-2,
+        ),
     ] {
         let segments = [
             KvSegment {
@@ -234,4 +242,134 @@ fn decode_attention_matches_libtorch_across_segments() {
             .fold(0f32, f32::max);
         assert!(worst < tolerance, "{prefix_keys:?}: {worst}");
     }
+}
+
+/// Attention of `n` queries over a bf16 prefix (keys laid out with `norms`) and `n` own positions:
+/// the prompt chunk's, then each query's as a decoding token.
+fn over_bf16_prefix(
+    (q, own_k, own_v): (&[f32], &[f32], &[f32]),
+    (kt, vh, stride, prefix): (&[u16], &[u16], usize, usize),
+    norms: &[f32],
+    slopes: &[f32],
+    (n, hd): (usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let width = slopes.len() * hd;
+    let prefix_segment = KvSegment {
+        k: Keys::TransposedBf16 { kt, stride, norms },
+        v: Values::PerHeadBf16 {
+            v: vh,
+            positions: prefix,
+        },
+        len: prefix,
+    };
+    let segments = [
+        prefix_segment,
+        KvSegment {
+            k: Keys::Rows(own_k),
+            v: Values::Rows(own_v),
+            len: n,
+        },
+    ];
+    let mut chunk = vec![0f32; n * width];
+    prefill_attention_heads(q, &segments, n, slopes, 0..slopes.len(), hd, &mut chunk);
+    let mut decoded = vec![0f32; n * width];
+    for (j, out) in decoded.chunks_exact_mut(width).enumerate() {
+        let segs = [
+            prefix_segment,
+            KvSegment {
+                len: j + 1,
+                ..segments[1]
+            },
+        ];
+        let input = AttentionInput {
+            q: &q[j * width..(j + 1) * width],
+            segments: &segs,
+            slopes,
+            head_dim: hd,
+        };
+        decode_attention(&input, out, &mut Vec::new());
+    }
+    (chunk, decoded)
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, |m, d| if d > m || d.is_nan() { d } else { m })
+}
+
+#[test]
+fn keys_alibi_silences_are_left_out_without_changing_the_attention() {
+    // bloom-560m's heads over a 700-token bf16 prefix, 5 queries after it; values of attention's
+    // usual size.
+    let (nh, hd, prefix, n) = (16usize, 64usize, 700usize, 5usize);
+    let width = nh * hd;
+    let val = |i: usize, scale: f32| (((i * 7919) % 1000) as f32 / 500.0 - 1.0) * scale;
+    let q: Vec<f32> = (0..n * width).map(|i| val(i + 5, 1.0)).collect();
+    let (mut pk, mut pv): (Vec<f32>, Vec<f32>) = (0..prefix * width)
+        .map(|i| (val(i, 0.1), val(i + 7, 0.1)))
+        .unzip();
+    let (own_k, own_v): (Vec<f32>, Vec<f32>) = (0..n * width)
+        .map(|i| (val(i + 3, 0.1), val(i + 11, 0.1)))
+        .unzip();
+    let slopes: Vec<f32> = crate::bloom::alibi_slopes(nh)
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
+    // Head 0's first 128 keys point along every query's head 0 so far that they outweigh ALiBi
+    // (a score of slope × 700 + 20), with values of 3 where the rest are at most 0.1: leaving
+    // them out would change head 0's output by about 3.
+    let q0: Vec<f32> = (0..hd)
+        .map(|d| (0..n).map(|t| q[t * width + d]).sum::<f32>() / n as f32)
+        .collect();
+    let q0_sq: f32 = q0.iter().map(|x| x * x).sum();
+    let c = (slopes[0] * prefix as f32 + 20.0) * (hd as f32).sqrt() / q0_sq;
+    for j in 0..128 {
+        for d in 0..hd {
+            pk[j * width + d] = c * q0[d];
+            pv[j * width + d] = 3.0;
+        }
+    }
+    let stride = prefix.next_multiple_of(KEY_TILE);
+    let mut kt = vec![0u16; width * stride];
+    transpose_keys_bf16(&pk, prefix, (width, hd), stride, &mut kt);
+    let mut vh = vec![0u16; paired(prefix) * width];
+    values_per_head_bf16(&pv, prefix, (width, hd), &mut vh);
+    let norms = key_norms_bf16(&kt, hd, stride);
+    let tiles = stride / KEY_TILE;
+    let run = |norms: &[f32]| {
+        over_bf16_prefix(
+            (&q, &own_k, &own_v),
+            (&kt, &vh, stride, prefix),
+            norms,
+            &slopes,
+            (n, hd),
+        )
+    };
+    // Every key, against far keys left out by the norms: the same within f32's rounding.
+    let every_key = vec![f32::INFINITY; norms.len()];
+    let (chunk_all, decoded_all) = run(&every_key);
+    let (chunk, decoded) = run(&norms);
+    assert!(largest_difference(&chunk, &chunk_all) < 1e-6);
+    assert!(largest_difference(&decoded, &decoded_all) < 1e-6);
+    // And the steep heads did leave keys out (else the check above could not fail): head 1 all
+    // but its last few tiles; head 0 none, its first tiles' norms forbid it.
+    let q_norm = |h: usize| {
+        (0..n)
+            .map(|t| far_keys::norm(&q[t * width + h * hd..t * width + (h + 1) * hd]) / 8.0)
+            .fold(0f32, f32::max)
+    };
+    let silent =
+        |h: usize| far_keys::silent_tiles(&norms[h * tiles..], prefix, slopes[h], q_norm(h));
+    assert_eq!(silent(0), 0);
+    assert!(silent(1) >= 8, "{}", silent(1));
+    // Norms that lie (head 0's first tiles claimed empty) leave out the keys that carry head 0:
+    // the answer changes, so the comparison above would catch a bound that ignored the norms.
+    let mut lying = norms.clone();
+    lying[..2].fill(0.0);
+    assert!(far_keys::silent_tiles(&lying[..tiles], prefix, slopes[0], q_norm(0)) >= 2);
+    let (chunk_lied, decoded_lied) = run(&lying);
+    assert!(largest_difference(&chunk_lied, &chunk_all) > 1.0);
+    assert!(largest_difference(&decoded_lied, &decoded_all) > 1.0);
 }
