@@ -346,16 +346,18 @@ pub fn run_kernels(
 
 /// One layer's attention (16 heads of 64, one thread) of a question chunk and of a decoding token
 /// over a shared system prompt of bloom-560m's 2 KiB (1,305 tokens, laid out per head as at boot,
-/// in f32 and in bf16): what a long system prompt adds to a turn, per layer.
+/// in f32 and in bf16, in bf16 also with the keys ALiBi silences left out): what a long system
+/// prompt adds to a turn, per layer.
 fn prefix_attention() -> Vec<serde_json::Value> {
     use confidant_model::kernels::{self, Keys, KvSegment, Values, KEY_TILE};
     let (nh, hd, prefix) = (16usize, 64usize, 1305usize);
     let width = nh * hd;
     let stride = prefix.next_multiple_of(KEY_TILE);
-    // Deterministic values of attention's usual size.
+    // Deterministic values in ±1.3: keys and queries of norm about 6, as the bench model's
+    // (so the scaled queries' about 0.75), which is what decides how many keys are silent.
     let fill = |n: usize, seed: usize| -> Vec<f32> {
         (0..n)
-            .map(|i| (((i * 2_654_435_761 + seed) % 1000) as f32 / 1000.0 - 0.5) * 0.2)
+            .map(|i| (((i * 2_654_435_761 + seed) % 1000) as f32 / 1000.0 - 0.5) * 2.6)
             .collect()
     };
     let (keys, values) = (fill(prefix * width, 1), fill(prefix * width, 2));
@@ -367,6 +369,9 @@ fn prefix_attention() -> Vec<serde_json::Value> {
     kernels::transpose_keys_bf16(&keys, prefix, (width, hd), stride, &mut ktb);
     let mut pvb = vec![0u16; kernels::paired(prefix) * width];
     kernels::values_per_head_bf16(&values, prefix, (width, hd), &mut pvb);
+    // Norms no bound admits: the kernels over every key, as a prompt whose far keys still count.
+    let every_key = vec![f32::INFINITY; nh * stride / KEY_TILE];
+    let norms = kernels::key_norms_bf16(&ktb, hd, stride);
     let layouts = [
         (
             "f32",
@@ -378,14 +383,33 @@ fn prefix_attention() -> Vec<serde_json::Value> {
         ),
         (
             "bf16",
-            Keys::TransposedBf16 { kt: &ktb, stride },
+            Keys::TransposedBf16 {
+                kt: &ktb,
+                stride,
+                norms: &every_key,
+            },
+            Values::PerHeadBf16 {
+                v: &pvb,
+                positions: prefix,
+            },
+        ),
+        (
+            "bf16_silent_keys_left_out",
+            Keys::TransposedBf16 {
+                kt: &ktb,
+                stride,
+                norms: &norms,
+            },
             Values::PerHeadBf16 {
                 v: &pvb,
                 positions: prefix,
             },
         ),
     ];
-    let slopes: Vec<f32> = (0..nh).map(|h| 0.5f32.powi(h as i32 / 2 + 1)).collect();
+    let slopes: Vec<f32> = confidant_model::bloom::alibi_slopes(nh)
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
     let mut results = Vec::new();
     for (name, k, v) in layouts {
         for n in [1usize, 20] {
