@@ -544,11 +544,12 @@ impl Bloom {
             rest = tail;
             let total: usize = kv[s].iter().map(|k| k.len).sum();
             // Decoding tokens, and short prompt chunks (where libtorch's per-call cost would
-            // dominate): the kernel, query by query, heads split in two so both threads work even
-            // for one sequence.
+            // dominate): the kernel, query by query, heads split in four so both threads work even
+            // for one sequence, and can even out heads of unequal cost (over a shared prefix the
+            // steep heads leave most keys out).
             if len * total <= DIRECT_ATTENTION {
                 work += len * total;
-                let per = nh.div_ceil(2);
+                let per = nh.div_ceil(4);
                 for (j, row) in mine.chunks_mut(h).enumerate() {
                     let visible = total - len + j + 1;
                     for (c, out) in row.chunks_mut(per * hd).enumerate() {
@@ -584,18 +585,14 @@ impl Bloom {
             self.pool.install(|| direct.par_iter_mut().for_each(run));
         }
 
-        // Longer prompt chunks: blocked products, heads split over the threads. A failure (say, no
-        // memory for the scores) fails that sequence only.
-        let threads = self.pool.current_num_threads().max(1);
-        let per = nh.div_ceil(threads);
+        // Longer prompt chunks: blocked products, a job per head, which the threads share out:
+        // heads do not cost the same (over a shared prefix the steep ones leave most keys out,
+        // see `kernels::far_keys`), so equal ranges of heads would leave one thread waiting. A
+        // failure (say, no memory for the scores) fails that sequence only.
         let jobs: Vec<(usize, usize, std::ops::Range<usize>)> = prefill
             .iter()
             .enumerate()
-            .flat_map(|(p, &(s, ..))| {
-                (0..nh)
-                    .step_by(per)
-                    .map(move |h0| (p, s, h0..(h0 + per).min(nh)))
-            })
+            .flat_map(|(p, &(s, ..))| (0..nh).map(move |h0| (p, s, h0..h0 + 1)))
             .collect();
         let results: Vec<Result<Vec<f32>, ModelError>> = self.pool.install(|| {
             jobs.par_iter()
