@@ -284,13 +284,10 @@ fn heads_impl<const FMA: bool, const WIDE: bool>(
                         pos += 1;
                     }
                 }
-                Keys::TransposedBf16 { kt, stride, norms } => {
+                Keys::TransposedBf16 { kt, stride, .. } => {
                     // A first segment's far keys may be silent: left out, their weight zero.
                     if start == 0 {
-                        let tiles = stride / KEY_TILE;
-                        let norms = &norms[h * tiles..(h + 1) * tiles];
-                        let q_norm = far_keys::norm(q) * inv;
-                        skip = far_keys::silent_tiles(norms, seg.len, slope, q_norm) * KEY_TILE;
+                        skip = far_keys::left_out(seg, h, slope, || far_keys::norm(q) * inv);
                         pos = skip;
                     }
                     let (left_out, len) = (pos - start, seg.len - (pos - start));

@@ -86,11 +86,7 @@ pub fn key_norms_bf16(kt: &[u16], head_dim: usize, stride: usize) -> Vec<f32> {
                     *s += a * a + b * b;
                 }
             }
-            // A NaN key makes the tile's norm NaN, which no bound admits.
-            let largest = sq
-                .iter()
-                .fold(0f32, |m, &s| if s > m || s.is_nan() { s } else { m });
-            far_keys::bound_from_squares(largest)
+            far_keys::bound_from_squares(far_keys::largest(sq))
         })
         .collect()
 }

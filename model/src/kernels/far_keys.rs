@@ -16,7 +16,7 @@
 //! cost is one comparison per tile. It holds for any weights; how much it leaves out depends on them
 //! (steep slopes and small query and key norms leave out most).
 
-use super::attention::KEY_TILE;
+use super::attention::{Keys, KvSegment, KEY_TILE};
 
 /// `ln 2`, for the margin `T`.
 const LN_2: f32 = std::f32::consts::LN_2;
@@ -24,6 +24,31 @@ const LN_2: f32 = std::f32::consts::LN_2;
 /// Slack on `|q| · |k|` for the rounding of the query to bf16 (relative 2⁻⁹ per element) and of the
 /// dot product's f32 sum: far more than either can add.
 const SLACK: f32 = 1.0 + 1.0 / 64.0;
+
+/// Leading positions of `seg`'s keys that head `h` (of `slope`) leaves out for queries whose
+/// scaled norms are at most `q_norm()` (called only where it can matter), when they see the whole
+/// segment: a multiple of [`KEY_TILE`] for bf16 keys with their tile norms, 0 for other layouts.
+pub(super) fn left_out(
+    seg: &KvSegment<'_>,
+    h: usize,
+    slope: f32,
+    q_norm: impl FnOnce() -> f32,
+) -> usize {
+    let Keys::TransposedBf16 { stride, norms, .. } = seg.k else {
+        return 0;
+    };
+    let tiles = stride / KEY_TILE;
+    norms.get(h * tiles..(h + 1) * tiles).map_or(0, |norms| {
+        silent_tiles(norms, seg.len, slope, q_norm()) * KEY_TILE
+    })
+}
+
+/// The largest of `values` and 0, or NaN if any is NaN (which no bound admits).
+pub(super) fn largest(values: impl IntoIterator<Item = f32>) -> f32 {
+    values
+        .into_iter()
+        .fold(0f32, |m, v| if v > m || v.is_nan() { v } else { m })
+}
 
 /// Leading tiles of a segment's `len` keys (`norms`: the largest key norm of each of this head's
 /// tiles) that every query of norm at most `q_norm` (the scaled query, as its scores use it) can
@@ -116,6 +141,13 @@ mod tests {
         assert_eq!(silent_tiles(&norms[..2], 200, 0.5, 1.0), 0);
         // One tile: it holds the last key.
         assert_eq!(silent_tiles(&norms, 64, 100.0, 0.0), 0);
+    }
+
+    #[test]
+    fn the_largest_keeps_a_nan() {
+        assert_eq!(largest([1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(largest([]), 0.0);
+        assert!(largest([1.0, f32::NAN, 2.0]).is_nan());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! place, then the probabilities times each segment's values, several queries per value row. The
 //! caches are read in place, never copied.
 
-use super::attention::{check_segments, scores_transposed, Keys, KvSegment, KEY_TILE};
+use super::attention::{check_segments, scores_transposed, Keys, KvSegment};
 use super::attention_bf16::{round_rows, scores_bf16, weighted_bf16};
 use super::elementwise::{exp_with, sum};
 use super::far_keys;
@@ -119,19 +119,9 @@ fn attention<const FMA: bool, const WIDE: bool>(
             // Leading positions every query of the block leaves out (see `far_keys`): of a bf16
             // first segment that the block's first query sees whole.
             let skip = match segments.first() {
-                Some(KvSegment {
-                    k: Keys::TransposedBf16 { stride, norms, .. },
-                    len,
-                    ..
-                }) if past + i0 + 1 >= *len => {
-                    let tiles = stride / KEY_TILE;
-                    let q_norm = block
-                        .chunks_exact(hd)
-                        .map(far_keys::norm)
-                        .fold(0f32, |m, n| if n > m || n.is_nan() { n } else { m });
-                    let norms = &norms[h * tiles..(h + 1) * tiles];
-                    far_keys::silent_tiles(norms, *len, slope, q_norm) * KEY_TILE
-                }
+                Some(seg) if past + i0 + 1 >= seg.len => far_keys::left_out(seg, h, slope, || {
+                    far_keys::largest(block.chunks_exact(hd).map(far_keys::norm))
+                }),
                 _ => 0,
             };
             // Scores against each segment's keys, read in place (rows `width` apart).

@@ -293,10 +293,7 @@ fn over_bf16_prefix(
 }
 
 fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, |m, d| if d > m || d.is_nan() { d } else { m })
+    far_keys::largest(a.iter().zip(b).map(|(x, y)| (x - y).abs()))
 }
 
 #[test]
